@@ -1,0 +1,61 @@
+"""gainsearch: tune CNN classifiers without hold-out validation data.
+
+Every trial trains on the full training set; after each epoch the network's Maximum Gain (the
+peak of its spectral response to an impulse image, Stamatescu & McDonnell, arXiv:1810.03241) is
+measured, and features of the gain curve replace validation loss as objective and pruning signal.
+
+This module imports neither optuna nor ray: the back ends live in ``gainsearch.integrations``.
+"""
+
+from gainsearch.data import DATASETS, DataError, TensorData, load_dataset
+from gainsearch.features import (
+    LABELS,
+    CurveFeatures,
+    Diagnosis,
+    DiagnosisConfig,
+    compute_features,
+    diagnose,
+)
+from gainsearch.models import create_model, list_models, register_model
+from gainsearch.monitor import GainMonitor, GainReading
+from gainsearch.spectral import (
+    GainResult,
+    amplitude_spectrum_db,
+    data_derivative,
+    hann_window_2d,
+    impulse_probe,
+    maximum_gain,
+)
+from gainsearch.train import EpochContext, TrainConfig, TrialResult, load_checkpoint, train_trial
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DATASETS",
+    "LABELS",
+    "CurveFeatures",
+    "DataError",
+    "Diagnosis",
+    "DiagnosisConfig",
+    "EpochContext",
+    "GainMonitor",
+    "GainReading",
+    "GainResult",
+    "TensorData",
+    "TrainConfig",
+    "TrialResult",
+    "__version__",
+    "amplitude_spectrum_db",
+    "compute_features",
+    "create_model",
+    "data_derivative",
+    "diagnose",
+    "hann_window_2d",
+    "impulse_probe",
+    "list_models",
+    "load_checkpoint",
+    "load_dataset",
+    "maximum_gain",
+    "register_model",
+    "train_trial",
+]

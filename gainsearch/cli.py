@@ -1,0 +1,414 @@
+"""Command-line interface: ``gainsearch gain | train | diagnose``.
+
+Every command exits 0 on success and 2 with a one-line ``gainsearch: error: ...`` message on bad
+input (argparse's convention), without touching results already on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+logger = logging.getLogger("gainsearch")
+
+TRAIN_FIELDS = (
+    "dataset",
+    "data_root",
+    "model",
+    "width",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "seed",
+    "device",
+    "gain_target",
+    "eval_test",
+)
+
+
+class CliError(Exception):
+    """A user error reported as ``gainsearch: error: ...`` with exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gainsearch`` console script."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if not args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args))
+    except (CliError, ValueError, OSError) as err:
+        print(f"gainsearch: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gainsearch: interrupted", file=sys.stderr)
+        return 130
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gainsearch",
+        description="Tune CNN classifiers without hold-out validation data, using the network's "
+        "Maximum Gain (spectral response to an impulse image).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gain = sub.add_parser("gain", help="Maximum Gain of a registry model or a saved checkpoint")
+    source = gain.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="registry model name (freshly initialised)")
+    source.add_argument("--checkpoint", type=Path, help="a checkpoint.pt written by train")
+    gain.add_argument("--in-shape", default="1,28,28", help="C,H,W of the input (default 1,28,28)")
+    gain.add_argument("--num-classes", type=int, default=10, help="number of classes (10)")
+    gain.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0)")
+    gain.add_argument("--seed", type=int, default=0, help="initialisation seed (0)")
+    gain.add_argument("--target", default="winner", help="'winner', 'all' or a class index")
+    gain.add_argument(
+        "--no-normalize", action="store_true", help="differentiate y_c instead of log y_c"
+    )
+    gain.add_argument(
+        "--probe", type=Path, help="a .npy image (C,H,W) to use instead of the impulse"
+    )
+    gain.add_argument(
+        "--spectrum", type=Path, help="write the dB spectra: .npy, or .png (plot extra)"
+    )
+    gain.add_argument("--json", action="store_true", help="print JSON instead of text")
+    gain.set_defaults(handler=_cmd_gain)
+
+    train = sub.add_parser("train", help="one trial on the merged training set")
+    train.add_argument("--spec", type=Path, help="YAML file of training settings (flags override)")
+    train.add_argument("--out", type=Path, required=True, help="output directory")
+    train.add_argument("--dataset", help="digits (default), mnist, fashion_mnist, cifar10")
+    train.add_argument("--data-root", help="folder of an on-disk data set")
+    train.add_argument("--download", action="store_true", help="download with torchvision")
+    train.add_argument("--model", help="registry model name")
+    train.add_argument("--width", type=float, help="channel multiplier")
+    train.add_argument("--epochs", type=int, help="epoch budget")
+    train.add_argument("--batch-size", type=int, help="mini-batch size")
+    train.add_argument("--optimizer", help="sgd or adam")
+    train.add_argument("--lr", type=float, help="learning rate")
+    train.add_argument("--momentum", type=float, help="SGD momentum")
+    train.add_argument("--weight-decay", type=float, help="L2 weight decay")
+    train.add_argument("--seed", type=int, help="seed")
+    train.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    train.add_argument("--gain-target", help="'winner', 'all' or a class index")
+    train.add_argument(
+        "--eval-test",
+        action="store_true",
+        default=None,
+        help="record test loss/accuracy per epoch (reporting only)",
+    )
+    train.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    train.add_argument("--quiet", action="store_true", help="no table, no progress bar")
+    train.set_defaults(handler=_cmd_train)
+
+    diag = sub.add_parser("diagnose", help="features and diagnosis of a gain history")
+    diag.add_argument(
+        "history",
+        type=Path,
+        help="history.json from train, a JSON list of gains, or a text file of one gain a line",
+    )
+    diag.add_argument("--window", type=int, help="feature window in epochs (default 5)")
+    diag.add_argument("--json", action="store_true", help="print JSON instead of text")
+    diag.set_defaults(handler=_cmd_diagnose)
+    return parser
+
+
+# -- gain -------------------------------------------------------------------------------------
+
+
+def _cmd_gain(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from gainsearch.models import create_model
+    from gainsearch.spectral import maximum_gain
+    from gainsearch.train import load_checkpoint
+
+    if args.checkpoint is not None:
+        state = load_checkpoint(args.checkpoint)
+        config = state["config"]
+        data = state.get("data") or {}
+        in_shape = tuple(data.get("in_shape") or _parse_shape(args.in_shape))
+        num_classes = int(data.get("num_classes") or args.num_classes)
+        model = create_model(config["model"], in_shape, num_classes, width=config["width"])
+        model.load_state_dict(state["model"])
+        source = f"checkpoint {args.checkpoint} (epoch {state['epoch']})"
+    else:
+        in_shape = _parse_shape(args.in_shape)
+        torch.manual_seed(args.seed)
+        model = create_model(args.model, in_shape, args.num_classes, width=args.width)
+        source = f"{args.model} (seed {args.seed}, untrained)"
+    probe = None
+    if args.probe is not None:
+        probe = torch.from_numpy(np.load(args.probe, allow_pickle=False).astype(np.float32))
+    result = maximum_gain(
+        model,
+        probe,
+        in_shape=None if probe is not None else in_shape,
+        target=_parse_target(args.target),
+        normalize=not args.no_normalize,
+        return_spectra=args.spectrum is not None,
+    )
+    if args.spectrum is not None and result.spectra is not None:
+        _write_spectrum(args.spectrum, result.spectra)
+    payload = {
+        "source": source,
+        "gain_db": result.gain,
+        "channel_gains_db": list(result.channel_gains),
+        "winner": result.winner,
+        "confidence": result.confidence,
+        "target": result.target,
+        "gain_max_db": result.gain_max,
+        "class_gains_db": None if result.class_gains is None else list(result.class_gains),
+    }
+    if args.json:
+        print(json.dumps(payload, indent=2))
+        return 0
+    print(f"model:            {source}")
+    print(f"target:           {result.target} (winner {result.winner}, p={result.confidence:.3f})")
+    for k, value in enumerate(result.channel_gains):
+        print(f"channel {k} gain:   {value:.2f} dB")
+    print(f"Maximum Gain:     {result.gain:.2f} dB")
+    if result.class_gains is not None:
+        print(f"max over classes: {result.gain_max:.2f} dB")
+        print("per class:        " + " ".join(f"{v:.1f}" for v in result.class_gains))
+    if args.spectrum is not None:
+        print(f"spectrum written: {args.spectrum}")
+    return 0
+
+
+def _write_spectrum(path: Path, spectra: Any) -> None:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npy":
+        np.save(path, np.asarray(spectra))
+        return
+    if path.suffix != ".png":
+        raise CliError(f"--spectrum must end in .npy or .png, but got {str(path)!r}.")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise CliError(
+            "--spectrum .png needs matplotlib: `pip install gainsearch[plot]`, or write .npy"
+        ) from err
+    maps = np.asarray(spectra)
+    if maps.ndim == 4:  # (K, C, H, W) for target="all": average over classes for the picture
+        maps = maps.mean(axis=0)
+    channels = maps.shape[0]
+    fig, axes = plt.subplots(1, channels, figsize=(3.2 * channels, 3), squeeze=False)
+    for k in range(channels):
+        image = axes[0, k].imshow(np.fft.fftshift(maps[k]), cmap="viridis")
+        axes[0, k].set_title(f"channel {k}: max {maps[k].max():.1f} dB")
+        axes[0, k].set_xticks([])
+        axes[0, k].set_yticks([])
+        fig.colorbar(image, ax=axes[0, k], label="dB")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# -- train ------------------------------------------------------------------------------------
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from gainsearch.data import load_dataset
+    from gainsearch.train import EpochContext, TrainConfig, train_trial
+
+    settings: dict[str, Any] = {}
+    if args.spec is not None:
+        settings.update(_read_train_spec(args.spec))
+    for name in TRAIN_FIELDS:
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = value
+    if "gain_target" in settings and isinstance(settings["gain_target"], str):
+        settings["gain_target"] = _parse_target(settings["gain_target"])
+    config = TrainConfig.from_dict(settings)
+    data = load_dataset(config.dataset, config.data_root, download=args.download)
+
+    out: Path = args.out
+    checkpoint = out / "checkpoint.pt"
+    if args.fresh and checkpoint.exists():
+        checkpoint.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = {"train": config.to_dict(), "data": data.summary()}
+
+    bar = tqdm(total=config.epochs, unit="epoch", disable=args.quiet, file=sys.stderr)
+    header = f"{'epoch':>5} {'train_loss':>10} {'gain_dB':>8} {'trend':>6}"
+    if config.eval_test:
+        header += f" {'test_acc':>8}"
+    if not args.quiet:
+        tqdm.write(header)
+
+    def show(ctx: EpochContext) -> None:
+        feats = ctx.monitor.features()
+        row = f"{ctx.epoch:>5} {ctx.record['train_loss']:>10.4f} {ctx.record['gain']:>8.2f}"
+        row += f" {feats.trend:>+6.2f}"
+        if config.eval_test:
+            row += f" {ctx.record['test_acc']:>8.3f}"
+        if not args.quiet:
+            tqdm.write(row)
+        bar.n = ctx.epoch
+        bar.set_postfix(gain=f"{ctx.record['gain']:.1f}dB")
+        bar.refresh()
+
+    try:
+        result = train_trial(config, data=data, callbacks=[show], checkpoint_path=checkpoint)
+    finally:
+        bar.close()
+    # The resolved configuration is written only once training ran, so a bad resume (another
+    # trial's checkpoint) leaves the directory exactly as it was.
+    _write_json(out / "config.json", resolved)
+    _write_json(out / "history.json", result.to_dict())
+    if result.status == "completed" and not args.quiet and len(result.history) == 0:
+        print("nothing to do: the checkpoint already holds all epochs")
+    print(f"status:    {result.status}" + (f" ({result.reason})" if result.reason else ""))
+    print(f"diagnosis: {result.diagnosis}")
+    print(f"results:   {out}/history.json, {out}/config.json, {checkpoint}")
+    return 0
+
+
+def _read_train_spec(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise CliError(f"--spec {path}: cannot read it: {err}") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise CliError(f"--spec {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise CliError(
+            f"--spec {path} must hold a mapping of training settings, but holds "
+            f"{type(data).__name__}."
+        )
+    if isinstance(data.get("train"), dict):
+        data = data["train"]
+    return data
+
+
+# -- diagnose ---------------------------------------------------------------------------------
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from gainsearch.features import DiagnosisConfig, diagnose
+
+    gains, epochs, loss_diverged = _read_history(args.history)
+    config = DiagnosisConfig()
+    if args.window is not None:
+        config = config.with_overrides(window=args.window)
+    result = diagnose(gains, epochs=epochs, config=config, diverged_epoch=loss_diverged)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    feats = result.features
+    print(f"epochs:            {feats.n_epochs}")
+    print(f"level:             {feats.level:.2f} dB (median of the last {feats.window})")
+    print(f"trend:             {feats.trend:+.3f} dB/epoch")
+    print(
+        f"variability:       {feats.variability:.3f} dB/epoch (early {feats.early_variability:.3f})"
+    )
+    print(f"saturation:        {feats.saturation:.2f}")
+    print(f"overfit onset:     {feats.overfit_onset if feats.overfit_onset is not None else '-'}")
+    print(f"diverged at epoch: {feats.diverged_epoch if feats.diverged_epoch is not None else '-'}")
+    print(f"diagnosis:         {result.label}")
+    print(f"reason:            {result.reason}")
+    return 0
+
+
+def _read_history(path: Path) -> tuple[list[float], list[int] | None, int | None]:
+    """Gains, epochs and the epoch of a non-finite training loss from a history file."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise CliError(f"history {path}: cannot read it: {err}") from err
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            values = [float(line) for line in text.split() if line.strip()]
+        except ValueError as err:
+            raise CliError(
+                f"history {path} is neither JSON nor a text file of one gain (dB) per line: {err}"
+            ) from err
+        return values, None, None
+    if isinstance(data, dict) and isinstance(data.get("history"), list):
+        records = data["history"]
+        if not all(isinstance(r, dict) and "gain" in r for r in records):
+            raise CliError(f"history {path}: every record of 'history' needs a 'gain' entry.")
+        loss_diverged = next(
+            (
+                int(r["epoch"])
+                for r in records
+                if "train_loss" in r and not math.isfinite(float(r["train_loss"]))
+            ),
+            None,
+        )
+        return (
+            [float(r["gain"]) for r in records],
+            [int(r["epoch"]) for r in records] if all("epoch" in r for r in records) else None,
+            loss_diverged,
+        )
+    if isinstance(data, list) and all(isinstance(v, (int, float)) for v in data):
+        return [float(v) for v in data], None, None
+    raise CliError(
+        f"history {path} must be a history.json written by `gainsearch train` (a mapping with a "
+        "'history' list) or a JSON list of gains in dB."
+    )
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or any(v <= 0 for v in shape):
+        raise CliError(f"--in-shape must be three positive integers C,H,W, but got {text!r}.")
+    return shape  # type: ignore[return-value]
+
+
+def _parse_target(text: str | int) -> Any:
+    if isinstance(text, int) or text in ("winner", "all"):
+        return text
+    if str(text).isdigit():
+        return int(text)
+    raise CliError(f"target must be 'winner', 'all' or a class index, but got {text!r}.")
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

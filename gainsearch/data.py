@@ -1,0 +1,336 @@
+"""Data sets as in-memory tensors, validation merged into training.
+
+gainsearch needs no hold-out validation data: every loader returns the *whole* training set
+(the usual validation split merged back in) and a separate test split that is only ever used
+for reporting, never for a decision. Images are ``float32 (N, C, H, W)`` normalised per channel
+with the mean and standard deviation of the training split.
+
+=================  =========================================================================
+name               source
+=================  =========================================================================
+``digits``         ``sklearn.datasets.load_digits`` (8x8, ships with scikit-learn); a fixed
+                   stratified 80/20 train/test split (``random_state=0``). The default.
+``mnist``          MNIST IDX files (``train-images-idx3-ubyte[.gz]`` ...) in ``root``,
+                   ``root/MNIST/raw`` or ``root/raw``. ``../shared/data/mnist5k`` is one.
+``fashion_mnist``  the same IDX layout (``root/FashionMNIST/raw`` also searched).
+``cifar10``        ``root/cifar-10-batches-py`` (or ``root`` itself): ``data_batch_1..5``,
+                   ``test_batch``.
+=================  =========================================================================
+
+``download=True`` fetches MNIST, Fashion-MNIST or CIFAR-10 into ``root`` with torchvision
+(``pip install gainsearch[vision]``); nothing is ever downloaded unless asked.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+__all__ = ["DATASETS", "DataError", "TensorData", "load_dataset", "read_idx"]
+
+
+class DataError(ValueError):
+    """A data set cannot be found or read; the message says where and how to get it."""
+
+
+@dataclass(frozen=True)
+class TensorData:
+    """A data set held in memory.
+
+    Attributes:
+        name: Data set name.
+        x_train: ``(N, C, H, W)`` float32, normalised; the full training set (validation merged).
+        y_train: ``(N,)`` int64 labels.
+        x_test: ``(M, C, H, W)`` float32, normalised with the training statistics. Reporting only.
+        y_test: ``(M,)`` int64.
+        num_classes: Number of classes ``K``.
+        mean: Per-channel mean of the raw training images (the normalisation), length ``C``.
+        std: Per-channel standard deviation of the raw training images, length ``C``.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        c, h, w = self.x_train.shape[1:]
+        return int(c), int(h), int(w)
+
+    def summary(self) -> dict[str, Any]:
+        """Sizes and normalisation, for the resolved configuration."""
+        return {
+            "name": self.name,
+            "train": int(self.x_train.shape[0]),
+            "test": int(self.x_test.shape[0]),
+            "in_shape": list(self.in_shape),
+            "num_classes": self.num_classes,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+def load_dataset(
+    name: str, root: str | Path | None = None, *, download: bool = False
+) -> TensorData:
+    """Load a data set by name (see the module docstring for the layouts).
+
+    Args:
+        name: One of :data:`DATASETS`.
+        root: Folder holding the files (not needed for ``digits``).
+        download: Fetch the files into ``root`` with torchvision if they are missing.
+
+    Raises:
+        ValueError: unknown ``name``.
+        DataError: missing or malformed files; the message says where they must be.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; available datasets are {sorted(DATASETS)}.")
+    return DATASETS[name](root, download)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _finish(
+    name: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+) -> TensorData:
+    """uint8/float (N, C, H, W) arrays -> normalised float32 tensors (train statistics)."""
+    train = torch.from_numpy(np.array(x_train, dtype=np.float32))  # copy: inputs may be read-only
+    test = torch.from_numpy(np.array(x_test, dtype=np.float32))
+    mean = train.mean(dim=(0, 2, 3))  # (C,)
+    std = train.std(dim=(0, 2, 3)).clamp_min(1e-8)  # (C,)
+    train = (train - mean[None, :, None, None]) / std[None, :, None, None]
+    test = (test - mean[None, :, None, None]) / std[None, :, None, None]
+    labels = torch.from_numpy(np.array(y_train, dtype=np.int64))
+    test_labels = torch.from_numpy(np.array(y_test, dtype=np.int64))
+    num_classes = int(max(labels.max().item(), test_labels.max().item()) + 1)
+    return TensorData(
+        name=name,
+        x_train=train,
+        y_train=labels,
+        x_test=test,
+        y_test=test_labels,
+        num_classes=num_classes,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+    )
+
+
+def _load_digits(root: str | Path | None, download: bool) -> TensorData:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.float32)[:, None, :, :]  # (1797, 1, 8, 8), values 0..16
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, bunch.target, test_size=0.2, random_state=0, stratify=bunch.target
+    )
+    return _finish("digits", x_train, y_train, x_test, y_test)
+
+
+# -- MNIST IDX ---------------------------------------------------------------------------------
+
+_IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one MNIST IDX file (raw or ``.gz``): magic 2049 (labels) or 2051 (images).
+
+    Raises:
+        DataError: not an IDX file of unsigned bytes, or truncated.
+    """
+    path = Path(path)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise DataError(f"cannot read IDX file {path}: {err}") from err
+    if len(raw) < 8:
+        raise DataError(f"{path} is too short ({len(raw)} bytes) to be an MNIST IDX file.")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08 or ndim not in (1, 3):
+        raise DataError(
+            f"{path} is not an MNIST IDX file of unsigned bytes: magic number "
+            f"{struct.unpack('>I', raw[:4])[0]} (expected 2049 for labels or 2051 for images)."
+        )
+    header = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(dims))
+    if len(raw) - header != expected:
+        raise DataError(
+            f"{path} is truncated or corrupt: header says {dims} = {expected} bytes of data, "
+            f"the file has {len(raw) - header}."
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find_idx(root: Path, subdirs: tuple[str, ...]) -> dict[str, Path] | None:
+    for folder in (root, *(root / s for s in subdirs)):
+        found = {}
+        for key, stem in _IDX_FILES.items():
+            for candidate in (folder / stem, folder / f"{stem}.gz"):
+                if candidate.is_file():
+                    found[key] = candidate
+                    break
+        if len(found) == len(_IDX_FILES):
+            return found
+    return None
+
+
+def _idx_loader(
+    name: str, torchvision_name: str
+) -> Callable[[str | Path | None, bool], TensorData]:
+    subdirs = (f"{torchvision_name}/raw", "raw")
+
+    def load(root: str | Path | None, download: bool) -> TensorData:
+        folder = _require_root(name, root)
+        files = _find_idx(folder, subdirs)
+        if files is None and download:
+            _download(torchvision_name, folder)
+            files = _find_idx(folder, subdirs)
+        if files is None:
+            names = ", ".join(f"{stem}[.gz]" for stem in _IDX_FILES.values())
+            raise DataError(
+                f"{name}: no MNIST IDX files in {folder} (also looked in "
+                f"{', '.join(str(folder / s) for s in subdirs)}). Expected {names}. Get them "
+                f"with `gainsearch train --dataset {name} --data-root {folder} --download` "
+                "(needs `pip install gainsearch[vision]`) or copy them there; "
+                "../shared/data/mnist5k is a 5,000-image MNIST in this layout."
+            )
+        arrays = {key: read_idx(path) for key, path in files.items()}
+        for split in ("train", "test"):
+            n_images, n_labels = len(arrays[f"x_{split}"]), len(arrays[f"y_{split}"])
+            if arrays[f"x_{split}"].ndim != 3 or n_images != n_labels:
+                raise DataError(
+                    f"{name}: {split} images and labels do not match in {folder}: "
+                    f"{arrays[f'x_{split}'].shape} images, {n_labels} labels."
+                )
+        return _finish(
+            name,
+            arrays["x_train"][:, None],
+            arrays["y_train"],
+            arrays["x_test"][:, None],
+            arrays["y_test"],
+        )
+
+    return load
+
+
+# -- CIFAR-10 ---------------------------------------------------------------------------------
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10 batches only: dicts, lists, bytes and numpy arrays; nothing callable."""
+
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: a CIFAR-10 batch holds only arrays and lists"
+        )
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with path.open("rb") as handle:
+            batch = _CifarUnpickler(io.BufferedReader(handle), encoding="bytes").load()  # type: ignore[arg-type]
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (OSError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as err:
+        raise DataError(f"cifar10: cannot read batch {path}: {err}") from err
+    if len(data) != len(labels):
+        raise DataError(f"cifar10: {path} has {len(data)} images but {len(labels)} labels.")
+    return data, labels
+
+
+def _load_cifar10(root: str | Path | None, download: bool) -> TensorData:
+    folder = _require_root("cifar10", root)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+    def locate() -> Path | None:
+        for candidate in (folder / "cifar-10-batches-py", folder):
+            if all((candidate / n).is_file() for n in names):
+                return candidate
+        return None
+
+    batches = locate()
+    if batches is None and download:
+        _download("CIFAR10", folder)
+        batches = locate()
+    if batches is None:
+        raise DataError(
+            f"cifar10: no CIFAR-10 python batches in {folder / 'cifar-10-batches-py'} or "
+            f"{folder}. Expected {', '.join(names)}. Get them with `gainsearch train --dataset "
+            f"cifar10 --data-root {folder} --download` (needs `pip install gainsearch[vision]`)."
+        )
+    train = [_read_cifar_batch(batches / n) for n in names[:-1]]
+    x_test, y_test = _read_cifar_batch(batches / "test_batch")
+    x_train = np.concatenate([x for x, _ in train])
+    y_train = np.concatenate([y for _, y in train])
+    return _finish("cifar10", x_train, y_train, x_test, y_test)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _require_root(name: str, root: str | Path | None) -> Path:
+    if root is None:
+        raise DataError(
+            f"{name} is read from disk: pass its folder as root= (CLI: --data-root DIR). "
+            "Only 'digits' is embedded."
+        )
+    return Path(root).expanduser()
+
+
+def _download(torchvision_name: str, folder: Path) -> None:
+    try:
+        import torchvision.datasets as tv_datasets  # type: ignore[import-not-found]
+    except ImportError as err:
+        raise DataError(
+            f"download=True needs torchvision: `pip install gainsearch[vision]` ({err})."
+        ) from err
+    cls = getattr(tv_datasets, torchvision_name)
+    for train in (True, False):
+        cls(str(folder), train=train, download=True)
+
+
+#: Loader for each data set name: ``loader(root, download) -> TensorData``.
+DATASETS: dict[str, Callable[[str | Path | None, bool], TensorData]] = {
+    "digits": _load_digits,
+    "mnist": _idx_loader("mnist", "MNIST"),
+    "fashion_mnist": _idx_loader("fashion_mnist", "FashionMNIST"),
+    "cifar10": _load_cifar10,
+}

@@ -1,0 +1,470 @@
+"""One trial: fit a registry model on the merged training set, measuring the gain every epoch.
+
+The loop (per epoch ``e = 1..epochs``)::
+
+    shuffle (seeded generator) -> SGD/Adam steps on the full training set -> training loss
+    -> GainMonitor.measure(model, e) -> [test loss/accuracy, reporting only] -> checkpoint
+    -> callbacks (may stop the trial: return a reason string, or raise e.g. optuna.TrialPruned)
+
+A non-finite training loss or gain ends the trial with status ``"diverged"``. A checkpoint holds
+model, optimizer, monitor history, per-epoch records and RNG states; ``train_trial`` resumes from
+it when given the same ``checkpoint_path`` (it is loaded with ``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gainsearch.data import DATASETS, TensorData, load_dataset
+from gainsearch.features import Diagnosis, diagnose
+from gainsearch.models import MODELS, create_model
+from gainsearch.monitor import GainMonitor
+from gainsearch.spectral import _check_target
+
+__all__ = [
+    "COMPLETED",
+    "DIVERGED",
+    "STOPPED",
+    "EpochContext",
+    "TrainConfig",
+    "TrialResult",
+    "load_checkpoint",
+    "train_trial",
+]
+
+logger = logging.getLogger(__name__)
+
+COMPLETED = "completed"
+DIVERGED = "diverged"
+STOPPED = "stopped"
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines one trial. Validated on construction.
+
+    Attributes:
+        dataset: Data set name (see :data:`gainsearch.data.DATASETS`).
+        data_root: Folder of on-disk data sets (not needed for ``digits``).
+        model: Registry model name (see :func:`gainsearch.models.list_models`).
+        width: Channel multiplier of the model.
+        epochs: Epoch budget.
+        batch_size: Mini-batch size.
+        optimizer: ``"sgd"`` (with momentum and weight decay) or ``"adam"``.
+        lr: Learning rate.
+        momentum: SGD momentum (ignored by Adam).
+        weight_decay: L2 weight decay.
+        seed: Seeds model initialisation and the shuffling generator.
+        device: Torch device, e.g. ``"cpu"`` or ``"cuda"``.
+        gain_target: ``"all"`` (default: the class-robust mean over classes, which does not
+            jump when the impulse's winning class flips), ``"winner"`` (the paper) or a class
+            index (see :func:`gainsearch.spectral.maximum_gain`).
+        eval_test: Record test loss/accuracy per epoch. Reporting only: nothing decides on it.
+    """
+
+    dataset: str = "digits"
+    data_root: str | None = None
+    model: str = "digits_lenet"
+    width: float = 1.0
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+    gain_target: str | int = "all"
+    eval_test: bool = False
+
+    def __post_init__(self) -> None:
+        def fail(name: str, allowed: str) -> None:
+            raise ValueError(f"{name} must be {allowed}, but got {name}={getattr(self, name)!r}.")
+
+        if self.dataset not in DATASETS:
+            raise ValueError(
+                f"Unknown dataset {self.dataset!r}; available datasets are {sorted(DATASETS)}."
+            )
+        if self.model not in MODELS:
+            raise ValueError(
+                f"Unknown model {self.model!r}; available models are {sorted(MODELS)}."
+            )
+        if self.optimizer not in ("sgd", "adam"):
+            fail("optimizer", "'sgd' or 'adam'")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                fail(name, "a positive integer")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            fail("seed", "a non-negative integer")
+        if not _is_number(self.lr) or not self.lr > 0:
+            fail("lr", "a positive number")
+        if not _is_number(self.width) or not self.width > 0:
+            fail("width", "a positive number")
+        if not _is_number(self.momentum) or not 0.0 <= self.momentum < 1.0:
+            fail("momentum", "a number in [0, 1)")
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            fail("weight_decay", "a non-negative number")
+        if not isinstance(self.eval_test, bool):
+            fail("eval_test", "true or false")
+        if self.data_root is not None and not isinstance(self.data_root, str):
+            fail("data_root", "a path string or None")
+        try:
+            _check_target(self.gain_target)
+        except ValueError:
+            fail("gain_target", "'winner', 'all' or a non-negative class index")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            fail("device", "a torch device such as 'cpu', 'cuda' or 'cuda:1'")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from a mapping; unknown keys are an error listing the known ones."""
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"a trial configuration must be a mapping, but got {type(data).__name__}."
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown training setting(s) {unknown}; known settings are {sorted(known)}."
+            )
+        values = dict(data)
+        # YAML/JSON give ints for floats such as `lr: 1` and floats for `epochs: 10.0`: coerce
+        # only where the conversion is exact, so bad values still fail validation.
+        for name in ("lr", "width", "momentum", "weight_decay"):
+            if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
+                values[name] = float(values[name])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (the resolved configuration written next to results)."""
+        return asdict(self)
+
+
+@dataclass
+class EpochContext:
+    """What a callback sees after each epoch.
+
+    Attributes:
+        epoch: The epoch just finished (1-based).
+        record: This epoch's record: ``epoch``, ``train_loss``, ``gain``, ``gain_max``,
+            ``winner``, ``seconds`` (+ ``test_loss``, ``test_acc`` with ``eval_test``).
+        history: All records so far, this one last.
+        monitor: The trial's :class:`GainMonitor`.
+        model: The model being trained.
+        optimizer: Its optimizer.
+        config: The trial's configuration.
+    """
+
+    epoch: int
+    record: dict[str, Any]
+    history: list[dict[str, Any]]
+    monitor: GainMonitor
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    config: TrainConfig
+    _state: Callable[[], dict[str, Any]] = field(repr=False, default=dict)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The full resumable state (as written to ``checkpoint_path``)."""
+        return self._state()
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write :meth:`checkpoint_state` to ``path`` atomically."""
+        return _atomic_save(self.checkpoint_state(), Path(path))
+
+
+#: A callback returns ``None`` to continue or a reason string to stop the trial.
+Callback = Callable[[EpochContext], "str | None"]
+
+
+@dataclass
+class TrialResult:
+    """The outcome of :func:`train_trial`.
+
+    Attributes:
+        config: The trial's configuration.
+        status: ``"completed"``, ``"diverged"`` or ``"stopped"`` (a callback stopped it).
+        reason: Why it stopped early (empty when completed).
+        history: Per-epoch records.
+        monitor: The gain monitor with the whole gain history.
+        diagnosis: Diagnosis of the final gain curve.
+        model: The trained model.
+        data: Summary of the data set used.
+    """
+
+    config: TrainConfig
+    status: str
+    reason: str
+    history: list[dict[str, Any]]
+    monitor: GainMonitor
+    diagnosis: Diagnosis
+    model: nn.Module
+    data: dict[str, Any]
+
+    @property
+    def gains(self) -> list[float]:
+        """The gain curve (dB)."""
+        return [float(r["gain"]) for r in self.history]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary: configuration, status, history, diagnosis."""
+        return {
+            "config": self.config.to_dict(),
+            "data": self.data,
+            "status": self.status,
+            "reason": self.reason,
+            "history": self.history,
+            "diagnosis": self.diagnosis.to_dict(),
+        }
+
+
+def train_trial(
+    config: TrainConfig | Mapping[str, Any],
+    *,
+    data: TensorData | None = None,
+    callbacks: Sequence[Callback] = (),
+    checkpoint_path: str | Path | None = None,
+    monitor: bool = True,
+) -> TrialResult:
+    """Train one trial on the merged training set, measuring the Maximum Gain every epoch.
+
+    Args:
+        config: A :class:`TrainConfig` or a mapping of its fields.
+        data: Pre-loaded data (default: ``load_dataset(config.dataset, config.data_root)``).
+        callbacks: Called after every epoch with an :class:`EpochContext`; a returned string
+            stops the trial with that reason (status ``"stopped"``); exceptions propagate (the
+            epoch's checkpoint is already written).
+        checkpoint_path: Write a checkpoint here every epoch; if the file exists the trial
+            resumes from it (its configuration must match, except ``epochs`` which may grow).
+        monitor: Measure the gain (``False`` only for overhead/identity comparisons).
+
+    Returns:
+        A :class:`TrialResult`.
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    data = data if data is not None else load_dataset(cfg.dataset, cfg.data_root)
+    if data.name != cfg.dataset:
+        raise ValueError(f"data is {data.name!r} but config.dataset={cfg.dataset!r}.")
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, data.in_shape, data.num_classes, width=cfg.width).to(device)
+    optimizer = _make_optimizer(cfg, model)
+    shuffle = torch.Generator().manual_seed(cfg.seed + 1)
+    gain_monitor = GainMonitor(in_shape=data.in_shape, target=cfg.gain_target)  # type: ignore[arg-type]
+    history: list[dict[str, Any]] = []
+    status, reason, start_epoch = COMPLETED, "", 1
+
+    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
+    if ckpt is not None and ckpt.exists():
+        state = load_checkpoint(ckpt)
+        _check_resumable(state, cfg, ckpt)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        gain_monitor.load_state_dict(state["monitor"])
+        history = list(state["history"])
+        torch.set_rng_state(state["rng"]["torch"])
+        shuffle.set_state(state["rng"]["shuffle"])
+        status, reason = state["status"], state["reason"]
+        start_epoch = int(state["epoch"]) + 1
+        logger.info("resumed %s at epoch %d (status %s)", ckpt, start_epoch, status)
+
+    x_train = data.x_train.to(device)  # (N, C, H, W)
+    y_train = data.y_train.to(device)  # (N,)
+
+    def state_now(epoch: int) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": cfg.to_dict(),
+            "data": data.summary(),
+            "epoch": epoch,
+            "status": status,
+            "reason": reason,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "monitor": gain_monitor.state_dict(),
+            "history": history,
+            "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()},
+        }
+
+    epoch = start_epoch - 1
+    if status == COMPLETED:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            started = time.perf_counter()
+            train_loss = _train_epoch(model, optimizer, x_train, y_train, cfg.batch_size, shuffle)
+            record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+            if monitor:
+                reading = gain_monitor.measure(model, epoch)
+                record.update(gain=reading.gain, gain_max=reading.gain_max, winner=reading.winner)
+            if cfg.eval_test:
+                test_loss, test_acc = _evaluate(model, data.x_test, data.y_test, cfg.batch_size)
+                record.update(test_loss=test_loss, test_acc=test_acc)
+            record["seconds"] = time.perf_counter() - started
+            history.append(record)
+            if not math.isfinite(train_loss) or (monitor and not math.isfinite(record["gain"])):
+                what = "training loss" if not math.isfinite(train_loss) else "gain"
+                status, reason = DIVERGED, f"{what} became non-finite at epoch {epoch}"
+            if ckpt is not None:
+                _atomic_save(state_now(epoch), ckpt)
+            if status != COMPLETED:
+                break
+            context = EpochContext(
+                epoch=epoch,
+                record=record,
+                history=history,
+                monitor=gain_monitor,
+                model=model,
+                optimizer=optimizer,
+                config=cfg,
+                _state=functools.partial(state_now, epoch),
+            )
+            stop = None
+            for callback in callbacks:
+                stop = callback(context) or stop
+            if stop:
+                status, reason = STOPPED, str(stop)
+                if ckpt is not None:
+                    _atomic_save(state_now(epoch), ckpt)
+                break
+    if status != COMPLETED:
+        logger.info("trial %s: %s", status, reason)
+    return TrialResult(
+        config=cfg,
+        status=status,
+        reason=reason,
+        history=history,
+        monitor=gain_monitor,
+        diagnosis=diagnose(
+            gain_monitor.gains,
+            epochs=gain_monitor.epochs,
+            diverged_epoch=next(
+                (r["epoch"] for r in history if not math.isfinite(r["train_loss"])), None
+            ),
+        ),
+        model=model,
+        data=data.summary(),
+    )
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a trial checkpoint safely (``weights_only=True``: tensors and plain data only).
+
+    Raises:
+        ValueError: the file is missing, not a gainsearch checkpoint, or unsafe to load.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist or is not a file.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise ValueError(
+            f"checkpoint {path} is not a readable gainsearch checkpoint (it is loaded with "
+            f"weights_only=True: tensors and plain data only): {err}"
+        ) from err
+    required = {"version", "config", "epoch", "model", "optimizer", "monitor", "history", "rng"}
+    if not isinstance(state, dict) or not required <= set(state):
+        raise ValueError(
+            f"checkpoint {path} is not a gainsearch trial checkpoint: expected keys "
+            f"{sorted(required)}."
+        )
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+) -> float:
+    """One pass over the data; mean training loss, or NaN/inf as soon as a batch diverges."""
+    model.train()
+    order = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    total, count = 0.0, 0
+    for start in range(0, x.shape[0], batch_size):
+        idx = order[start : start + batch_size]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            return value
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += value * idx.numel()
+        count += idx.numel()
+    return total / count
+
+
+def _evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
+) -> tuple[float, float]:
+    """(mean loss, accuracy) in eval mode; the model's mode is restored."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], max(batch_size, 256)):
+            xb, yb = (
+                x[start : start + max(batch_size, 256)].to(device),
+                y[start : start + max(batch_size, 256)].to(device),
+            )
+            logits = model(xb)
+            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == yb).sum())
+    model.train(was_training)
+    return loss_sum / x.shape[0], correct / x.shape[0]
+
+
+def _check_resumable(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    saved = dict(state["config"])
+    current = cfg.to_dict()
+    differ = sorted(k for k in current if k != "epochs" and saved.get(k) != current[k])
+    if differ:
+        pairs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in differ)
+        raise ValueError(
+            f"checkpoint {path} belongs to a different trial ({pairs}); only 'epochs' may change "
+            "on resume. Use another checkpoint path or delete this one."
+        )
+
+
+def _atomic_save(state: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path

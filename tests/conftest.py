@@ -1,0 +1,39 @@
+"""Shared fixtures: small deterministic models and data, no network, no GPU needed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gainsearch.data import TensorData, load_dataset
+
+
+class SmallNet(nn.Module):
+    """A tiny CNN with BatchNorm and Dropout, to check mode and RNG handling."""
+
+    def __init__(self, channels: int = 3, classes: int = 5) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(4 * 6 * 6, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.drop(torch.relu(self.bn(self.conv(x))))
+        return self.fc(h.flatten(1))
+
+
+@pytest.fixture
+def small_net() -> SmallNet:
+    torch.manual_seed(0)
+    net = SmallNet()
+    with torch.no_grad():  # non-trivial running statistics
+        net.bn.running_mean.uniform_(-0.5, 0.5)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+@pytest.fixture(scope="session")
+def digits() -> TensorData:
+    return load_dataset("digits")

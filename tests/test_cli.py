@@ -1,0 +1,219 @@
+"""The CLI end to end (in-process for speed, one real console-script run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gainsearch.cli import main
+
+TRAIN = ["train", "--dataset", "digits", "--epochs", "3", "--batch-size", "128", "--quiet"]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_train_writes_config_history_and_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--eval-test", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "diagnosis:" in printed and "status:    completed" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["epochs"] == 3 and config["train"]["eval_test"] is True
+    assert config["data"]["train"] == 1437
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history["history"]] == [1, 2, 3]
+    assert "test_acc" in history["history"][0]
+    assert history["diagnosis"]["label"] in {
+        "converging",
+        "lr_too_low",
+        "lr_too_high",
+        "overfitting",
+    }
+    assert (out / "checkpoint.pt").is_file()
+
+    # the same command again resumes: nothing retrained, same history
+    assert main([*TRAIN, "--eval-test", "--out", str(out)]) == 0
+    assert json.loads((out / "history.json").read_text())["history"] == history["history"]
+    # more epochs continue from the checkpoint
+    assert main([*TRAIN[:4], "5", *TRAIN[5:], "--eval-test", "--out", str(out)]) == 0
+    longer = json.loads((out / "history.json").read_text())["history"]
+    assert [r["epoch"] for r in longer] == [1, 2, 3, 4, 5]
+    assert longer[:3] == history["history"]
+
+
+def test_train_table_is_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--epochs", "2", "--out", str(tmp_path / "t")]) == 0
+    captured = capsys.readouterr()
+    assert "train_loss" in captured.out + captured.err and "gain_dB" in captured.out + captured.err
+
+
+def test_train_from_yaml_spec_with_flag_override(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("train:\n  dataset: digits\n  model: digits_cnn\n  epochs: 2\n  lr: 0.05\n")
+    out = tmp_path / "run"
+    assert main(["train", "--spec", str(spec), "--lr", "0.01", "--quiet", "--out", str(out)]) == 0
+    resolved = json.loads((out / "config.json").read_text())["train"]
+    assert resolved["model"] == "digits_cnn" and resolved["lr"] == 0.01 and resolved["epochs"] == 2
+
+
+def test_diagnose_history_and_plain_lists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    main([*TRAIN, "--out", str(out)])
+    capsys.readouterr()
+    assert main(["diagnose", str(out / "history.json"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["features"]["n_epochs"] == 3
+    curve = tmp_path / "curve.json"
+    curve.write_text(json.dumps([float(v) for v in 20 - 15 * np.exp(-np.arange(1, 16) / 3)]))
+    assert main(["diagnose", str(curve)]) == 0
+    assert "converging" in capsys.readouterr().out
+    text = tmp_path / "curve.txt"
+    text.write_text("1\n2\nnan\n")
+    assert main(["diagnose", str(text)]) == 0
+    assert "diverged" in capsys.readouterr().out
+
+
+def test_gain_of_a_registry_model_and_a_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["gain", "--model", "lenet_mnist", "--json"]) == 0
+    fresh = json.loads(capsys.readouterr().out)
+    assert len(fresh["channel_gains_db"]) == 1 and isinstance(fresh["gain_db"], float)
+    out = tmp_path / "run"
+    main([*TRAIN, "--out", str(out)])
+    capsys.readouterr()
+    spectrum = tmp_path / "spec.npy"
+    args = ["gain", "--checkpoint", str(out / "checkpoint.pt"), "--target", "all"]
+    assert main([*args, "--spectrum", str(spectrum), "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    history = json.loads((out / "history.json").read_text())["history"]
+    assert trained["gain_db"] == pytest.approx(history[-1]["gain"], abs=1e-6)
+    assert np.load(spectrum).shape == (10, 1, 8, 8)
+    png = tmp_path / "spec.png"
+    pytest.importorskip("matplotlib")
+    assert main([*args, "--spectrum", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["gain", "--model", "resnet"], "Unknown model 'resnet'; available models are"),
+        (
+            ["gain", "--model", "digits_cnn", "--in-shape", "1,8"],
+            "--in-shape must be three positive",
+        ),
+        (
+            ["gain", "--model", "digits_cnn", "--in-shape", "1,8,8", "--target", "x"],
+            "target must be",
+        ),
+        (
+            ["gain", "--model", "digits_cnn", "--in-shape", "1,8,8", "--spectrum", "a.txt"],
+            "must end in .npy or .png",
+        ),
+        (["train", "--model", "vgg", "--out", "{out}"], "Unknown model 'vgg'"),
+        (
+            ["train", "--lr", "-1", "--out", "{out}"],
+            r"lr must be a positive number, but got lr=-1.0",
+        ),
+        (
+            ["train", "--dataset", "mnist", "--out", "{out}"],
+            "mnist is read from disk: pass its folder",
+        ),
+        (
+            ["train", "--dataset", "mnist", "--data-root", "{out}/none", "--out", "{out}"],
+            "no MNIST IDX files",
+        ),
+        (["train", "--spec", "{out}/missing.yaml", "--out", "{out}"], "cannot read it"),
+        (["diagnose", "{out}/missing.json"], "cannot read it"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], match: str
+) -> None:
+    argv = [a.replace("{out}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gainsearch: error:")
+    assert __import__("re").search(match, err), err
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("train: [unclosed", "is not valid YAML"),
+        ("- 1\n- 2\n", "must hold a mapping of training settings"),
+        ("lr: 0.1\nlearning_rate: 0.2\n", r"unknown training setting\(s\) \['learning_rate'\]"),
+        ("epochs: ten\n", r"epochs must be a positive integer, but got epochs='ten'"),
+    ],
+)
+def test_bad_specs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, match: str
+) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(content)
+    assert main(["train", "--spec", str(spec), "--out", str(tmp_path / "o")]) == 2
+    assert __import__("re").search(match, capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_history_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "h.json"
+    bad.write_text(json.dumps({"history": [{"loss": 1}]}))
+    assert main(["diagnose", str(bad)]) == 2
+    assert "needs a 'gain' entry" in capsys.readouterr().err
+    bad.write_text(json.dumps({"a": 1}))
+    assert main(["diagnose", str(bad)]) == 2
+    assert "must be a history.json" in capsys.readouterr().err
+    bad.write_text("1\nfoo\n")
+    assert main(["diagnose", str(bad)]) == 2
+    assert "neither JSON nor a text file" in capsys.readouterr().err
+    bad.write_text("[1, 2, 3]")
+    assert main(["diagnose", str(bad), "--window", "1"]) == 2
+    assert "window must be an integer >= 2" in capsys.readouterr().err
+
+
+def test_resume_with_other_settings_leaves_the_run_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    main([*TRAIN, "--out", str(out)])
+    before = snapshot(out)
+    assert main([*TRAIN, "--lr", "0.3", "--out", str(out)]) == 2
+    assert "different trial" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
+def test_console_script(tmp_path: Path) -> None:
+    exe = shutil.which("gainsearch", path=str(Path(sys.executable).parent)) or shutil.which(
+        "gainsearch"
+    )
+    command = [exe] if exe else [sys.executable, "-m", "gainsearch"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [*command, "diagnose", "/nonexistent.json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "gainsearch: error:" in done.stderr
+    done = subprocess.run(
+        [*command, "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0 and "diagnose" in done.stdout
