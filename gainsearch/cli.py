@@ -119,6 +119,48 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no table, no progress bar")
     train.set_defaults(handler=_cmd_train)
 
+    search = sub.add_parser("search", help="a hyperparameter search from an experiment spec")
+    search.add_argument(
+        "spec", type=Path, help="experiment spec (YAML), e.g. search_spaces/digits_lr.yaml"
+    )
+    search.add_argument("--out", type=Path, required=True, help="output directory")
+    search.add_argument(
+        "--backend", choices=("optuna", "ray"), default="optuna", help="optuna (default) or ray"
+    )
+    search.add_argument(
+        "--trials", type=int, default=20, help="finished trials wanted in the study (20)"
+    )
+    search.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    search.add_argument(
+        "--storage", help="Optuna storage URL of the study (default sqlite:///OUT/study.db)"
+    )
+    search.add_argument("--study-name", help="study name (default: the spec's name)")
+    search.add_argument("--workers", type=int, default=1, help="parallel worker processes (1)")
+    search.add_argument(
+        "--heartbeat", type=int, default=10, help="heartbeat seconds; 0 turns it off (10)"
+    )
+    ray_opts = search.add_argument_group("Ray back end")
+    ray_opts.add_argument("--max-concurrent", type=int, default=2, help="trials at once (2)")
+    ray_opts.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (1)")
+    ray_opts.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (0)")
+    ray_opts.add_argument(
+        "--address", help="join a running cluster: auto, host:port or ray://host:10001"
+    )
+    ray_opts.add_argument(
+        "--storage-path",
+        help="results location (default OUT/ray_results); shared path or bucket URI on clusters",
+    )
+    ray_opts.add_argument(
+        "--max-failures", type=int, default=3, help="restarts per trial from its checkpoint (3)"
+    )
+    search.add_argument("--data-root", help="override the spec's data_root")
+    search.add_argument("--epochs", type=int, help="override the spec's epoch budget")
+    search.add_argument(
+        "--eval-test", action="store_true", help="record test metrics per trial (evaluation only)"
+    )
+    search.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    search.set_defaults(handler=_cmd_search)
+
     diag = sub.add_parser("diagnose", help="features and diagnosis of a gain history")
     diag.add_argument(
         "history",
@@ -311,6 +353,174 @@ def _read_train_spec(path: Path) -> dict[str, Any]:
     if isinstance(data.get("train"), dict):
         data = data["train"]
     return data
+
+
+# -- search ---------------------------------------------------------------------------------
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from gainsearch.spaces import load_spec
+
+    spec = load_spec(args.spec)
+    overrides = {
+        k: v for k, v in (("data_root", args.data_root), ("epochs", args.epochs)) if v is not None
+    }
+    if overrides:
+        spec = spec.with_train(**overrides)
+    if args.backend == "ray":
+        return _search_ray(args, spec)
+    optuna_only = [
+        flag
+        for flag, value, default in (
+            ("--address", args.address, None),
+            ("--storage-path", args.storage_path, None),
+            ("--max-concurrent", args.max_concurrent, 2),
+            ("--cpus-per-trial", args.cpus_per_trial, 1.0),
+            ("--gpus-per-trial", args.gpus_per_trial, 0.0),
+        )
+        if value != default
+    ]
+    if optuna_only:
+        raise CliError(f"{', '.join(optuna_only)} belong(s) to --backend ray, not optuna.")
+    return _search_optuna(args, spec)
+
+
+def _search_ray(args: argparse.Namespace, spec: Any) -> int:
+    from tqdm import tqdm
+
+    if args.workers != 1:
+        raise CliError("--workers belongs to --backend optuna; with ray use --max-concurrent.")
+    try:
+        from gainsearch.integrations.ray import run_tuner
+    except ImportError as err:
+        raise CliError(f"{err}") from err
+    bar = tqdm(total=args.trials, unit="trial", disable=args.quiet, file=sys.stderr)
+
+    def progress(counts: dict[str, Any]) -> None:
+        bar.n = min(counts["done"], args.trials)
+        best = counts["best"]
+        bar.set_postfix(
+            pruned=counts["pruned"],
+            running=counts["running"],
+            best="-" if best is None else f"{best:.2f}",
+        )
+        bar.refresh()
+
+    try:
+        outcome = run_tuner(
+            spec,
+            out_dir=args.out,
+            n_trials=args.trials,
+            max_concurrent=args.max_concurrent,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
+            address=args.address,
+            storage_path=args.storage_path,
+            storage=args.storage,
+            eval_test=args.eval_test,
+            max_failures=args.max_failures,
+            time_budget_s=args.timeout,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    if not args.quiet:
+        print(format_table(outcome.rows))
+    best = outcome.best.get("best")
+    if best:
+        print(
+            f"best trial: #{best['number']} {best['params']} {best['values']} ({best['diagnosis']})"
+        )
+    print(f"ray results: {outcome.experiment_path}")
+    print(f"results:     {args.out}/trials.csv, {args.out}/best.json, {args.out}/spec.yaml")
+    return 0
+
+
+def _search_optuna(args: argparse.Namespace, spec: Any) -> int:
+    import optuna
+    from tqdm import tqdm
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
+
+    from gainsearch.integrations.optuna import redact, run_study
+
+    bar = tqdm(total=args.trials, unit="trial", disable=args.quiet, file=sys.stderr)
+
+    def progress(counts: dict[str, Any]) -> None:
+        bar.n = min(counts["done"], args.trials)
+        best = counts["best"]
+        bar.set_postfix(
+            pruned=counts["pruned"],
+            running=counts["running"],
+            best="-" if best is None else f"{best:.2f}",
+        )
+        bar.refresh()
+
+    try:
+        outcome = run_study(
+            spec,
+            out_dir=args.out,
+            n_trials=args.trials,
+            storage=args.storage,
+            study_name=args.study_name,
+            timeout=args.timeout,
+            workers=args.workers,
+            eval_test=args.eval_test,
+            heartbeat=args.heartbeat or None,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    if not args.quiet:
+        print(format_table(outcome.rows))
+    best = outcome.best.get("best")
+    if best:
+        print(
+            f"best trial: #{best['number']} {best['params']} {best['values']} ({best['diagnosis']})"
+        )
+    elif "pareto_front" in outcome.best:
+        print(f"Pareto front: trials {[t['number'] for t in outcome.best['pareto_front']]}")
+    print(f"study:      {outcome.study_name} in {redact(outcome.storage)}")
+    print(f"results:    {args.out}/trials.csv, {args.out}/best.json, {args.out}/spec.yaml")
+    if outcome.interrupted:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The end-of-run table of trials."""
+    params = sorted({k for r in rows for k in r["params"]})
+    header = ["#", "state", *params, "value", "epochs", "diagnosis", "prune reason"]
+    lines = []
+    for r in rows:
+        value = r["value"] if r["value"] is not None else r["values"]
+        lines.append(
+            [
+                str(r["number"]),
+                r["state"],
+                *[_fmt(r["params"].get(p, "")) for p in params],
+                _fmt(value),
+                str(r["epochs"]),
+                r["diagnosis"],
+                r["prune_reason"],
+            ]
+        )
+    widths = [
+        max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
+        for i, h in enumerate(header)
+    ]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    return "\n".join(x.rstrip() for x in out)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return "" if value is None else str(value)
 
 
 # -- diagnose ---------------------------------------------------------------------------------

@@ -199,7 +199,7 @@ class GainMonitor:
             confidence=result.confidence,
         )
         if reading.diverged:
-            logger.warning("epoch %d: Maximum Gain is %s: the network diverged", epoch, result.gain)
+            logger.info("epoch %d: Maximum Gain is %s: the network diverged", epoch, result.gain)
         self._history.append(reading)
         return reading
 

@@ -164,6 +164,7 @@ class EpochContext:
 
     Attributes:
         epoch: The epoch just finished (1-based).
+        diverged: The training loss or the gain went non-finite this epoch (the trial ends).
         record: This epoch's record: ``epoch``, ``train_loss``, ``gain``, ``gain_max``,
             ``winner``, ``seconds`` (+ ``test_loss``, ``test_acc`` with ``eval_test``).
         history: All records so far, this one last.
@@ -177,6 +178,7 @@ class EpochContext:
     record: dict[str, Any]
     history: list[dict[str, Any]]
     monitor: GainMonitor
+    diverged: bool
     model: nn.Module
     optimizer: torch.optim.Optimizer
     config: TrainConfig
@@ -249,9 +251,9 @@ def train_trial(
     Args:
         config: A :class:`TrainConfig` or a mapping of its fields.
         data: Pre-loaded data (default: ``load_dataset(config.dataset, config.data_root)``).
-        callbacks: Called after every epoch with an :class:`EpochContext`; a returned string
-            stops the trial with that reason (status ``"stopped"``); exceptions propagate (the
-            epoch's checkpoint is already written).
+        callbacks: Called after every epoch (the diverged one included) with an
+            :class:`EpochContext`; a returned string stops the trial with that reason (status
+            ``"stopped"``); exceptions propagate (the epoch's checkpoint is already written).
         checkpoint_path: Write a checkpoint here every epoch; if the file exists the trial
             resumes from it (its configuration must match, except ``epochs`` which may grow).
         monitor: Measure the gain (``False`` only for overhead/identity comparisons).
@@ -323,21 +325,22 @@ def train_trial(
                 status, reason = DIVERGED, f"{what} became non-finite at epoch {epoch}"
             if ckpt is not None:
                 _atomic_save(state_now(epoch), ckpt)
-            if status != COMPLETED:
-                break
             context = EpochContext(
                 epoch=epoch,
                 record=record,
                 history=history,
                 monitor=gain_monitor,
+                diverged=status == DIVERGED,
                 model=model,
                 optimizer=optimizer,
                 config=cfg,
                 _state=functools.partial(state_now, epoch),
             )
             stop = None
-            for callback in callbacks:
+            for callback in callbacks:  # also on a diverged epoch, so adapters can report it
                 stop = callback(context) or stop
+            if status != COMPLETED:
+                break
             if stop:
                 status, reason = STOPPED, str(stop)
                 if ckpt is not None:

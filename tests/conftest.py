@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# Every Ray process the tests start binds 127.0.0.1: Ray reads this when it is first imported.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 import pytest
 import torch
 from torch import nn

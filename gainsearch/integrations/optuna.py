@@ -1,0 +1,698 @@
+"""Optuna back end: the gain as objective and pruning signal.
+
+* :class:`GainPruner`: an ``optuna.pruners.BasePruner`` over the decision core
+  (:func:`gainsearch.decision.decide`);
+* :func:`report_gain`: the once-per-epoch call for your own training loop (report, store the
+  features and the diagnosis, ask the pruner, raise ``TrialPruned`` with the reason);
+* :class:`GainObjective`: the built-in trainer as an Optuna objective for an experiment spec;
+* :func:`run_study`: the study runner behind ``gainsearch search --backend optuna``.
+
+Each trial keeps in its user attributes: ``gain_curve`` (dB per epoch), ``features``,
+``diagnosis`` and ``diagnosis_reason``, ``train_loss`` per epoch, ``prune_reason`` when pruned,
+``config`` (the resolved training configuration) and, with ``eval_test``, ``test_acc`` and
+``test_loss`` per epoch. Nothing that decides reads the test metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.pruners import BasePruner
+from optuna.trial import FrozenTrial, TrialState
+
+from gainsearch.data import TensorData, load_dataset
+from gainsearch.decision import Decision, DecisionConfig, decide
+from gainsearch.features import compute_features, diagnose
+from gainsearch.monitor import GainMonitor
+from gainsearch.objective import ScoreConfig, curve_metric
+from gainsearch.spaces import ExperimentSpec
+from gainsearch.train import DIVERGED, EpochContext, train_trial
+
+__all__ = [
+    "GainObjective",
+    "GainPruner",
+    "StudyOutcome",
+    "create_study",
+    "report_gain",
+    "run_study",
+    "trial_rows",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Trial states that count towards ``--trials``.
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+CURVE_ATTR = "gain_curve"
+
+
+class GainPruner(BasePruner):
+    """Prune trials on their gain curve against their peers at the same epoch.
+
+    Diverged trials (a non-finite gain, or the trainer's ``diverged`` flag) are pruned at once.
+    After ``warmup_epochs``, with at least ``min_peers`` finished trials (complete or pruned)
+    that reached the same epoch, a trial is pruned when its variability is far above the
+    peers' median (learning rate too high) or its gain score is below the ``percentile``-th
+    percentile of theirs. See :mod:`gainsearch.decision` for the exact rules.
+
+    NaN policy: a trial whose gain curve holds NaN/inf is pruned; peers with non-finite gains
+    before the epoch compared are ignored.
+
+    The pruner reads the curve that :func:`report_gain` stores in the trial's user attribute
+    ``gain_curve``; a trial reported with plain ``trial.report`` is an error.
+
+    Args:
+        warmup_epochs: Epochs before pruning for anything but divergence.
+        min_peers: Peers needed before comparing.
+        percentile: Score percentile of the peers below which a trial is pruned (0-100).
+        variability_factor: Multiple of the peers' median variability that marks "too high".
+        min_variability: Variability floor (dB/epoch) below which a trial is never too variable.
+        config: A complete :class:`DecisionConfig` instead of the arguments above.
+    """
+
+    def __init__(
+        self,
+        *,
+        warmup_epochs: int = 1,
+        min_peers: int = 3,
+        percentile: float = 50.0,
+        variability_factor: float = 3.0,
+        min_variability: float = 1.0,
+        config: DecisionConfig | None = None,
+    ) -> None:
+        self.config = config or DecisionConfig(
+            warmup_epochs=warmup_epochs,
+            min_peers=min_peers,
+            percentile=percentile,
+            variability_factor=variability_factor,
+            min_variability=min_variability,
+        )
+
+    def decision(self, study: optuna.Study, trial: FrozenTrial) -> Decision:
+        """The decision core's verdict (with its reason) for ``trial``."""
+        if CURVE_ATTR not in trial.user_attrs:
+            raise ValueError(
+                f"GainPruner needs the trial's gain curve in user attribute {CURVE_ATTR!r}; report "
+                "with gainsearch.integrations.optuna.report_gain(trial, monitor). The trial has "
+                f"user attributes {sorted(trial.user_attrs)}."
+            )
+        return decide(
+            trial.user_attrs[CURVE_ATTR],
+            peer_curves(study, exclude=trial.number),
+            config=self.config,
+            diverged=bool(trial.user_attrs.get("diverged", False)),
+        )
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return self.decision(study, trial).prune
+
+
+def peer_curves(study: optuna.Study, exclude: int | None = None) -> list[list[float]]:
+    """Gain curves of the study's finished (complete or pruned) trials."""
+    curves = []
+    for t in study.get_trials(deepcopy=False, states=FINISHED):
+        if t.number != exclude and CURVE_ATTR in t.user_attrs:
+            curves.append(t.user_attrs[CURVE_ATTR])
+    return curves
+
+
+def report_gain(
+    trial: optuna.Trial,
+    monitor: GainMonitor | Sequence[float],
+    epoch: int | None = None,
+    *,
+    metric: str | Sequence[str] = "score",
+    diverged: bool = False,
+    score_config: ScoreConfig | None = None,
+) -> float | tuple[float, ...]:
+    """Report one epoch of a trial's gain to Optuna; prune if the decision core says so.
+
+    Call it once per epoch after ``monitor.measure(model, epoch)``. It stores the gain curve,
+    features and diagnosis (judged against the study's other trials) in user attributes, reports
+    the metric as the intermediate value (single-objective studies), asks the study's pruner
+    (multi-objective studies, where ``trial.report`` is unavailable, ask the decision core with
+    the pruner's settings directly) and raises ``optuna.TrialPruned`` with the reason, which is
+    also stored as the user attribute ``prune_reason``. A diverged trial is always pruned.
+
+    Args:
+        trial: The running Optuna trial.
+        monitor: The trial's :class:`GainMonitor` (or its gain curve).
+        epoch: The epoch just measured (default: the monitor's last).
+        metric: What the study optimises: ``"score"`` or other :data:`METRICS` (a sequence
+            for multi-objective studies, in the study's direction order).
+        diverged: The training loss went non-finite (the trial cannot continue).
+        score_config: Weights of the score (default: the pruner's, else the default).
+
+    Returns:
+        The metric value(s) of the curve so far.
+    """
+    if isinstance(monitor, GainMonitor):
+        curve = [float(v) for v in monitor.gains]
+        epoch = epoch if epoch is not None else (monitor.epochs[-1] if len(monitor) else 0)
+    else:
+        curve = [float(v) for v in monitor]
+        epoch = epoch if epoch is not None else len(curve)
+    pruner = trial.study.pruner
+    decision_config = pruner.config if isinstance(pruner, GainPruner) else DecisionConfig()
+    score_cfg = score_config or decision_config.score
+    metrics = (metric,) if isinstance(metric, str) else tuple(metric)
+    peers = peer_curves(trial.study, exclude=trial.number)
+    feats = compute_features(curve, config=decision_config.diagnosis)
+    diag = diagnose(
+        curve,
+        peers=peers,
+        config=decision_config.diagnosis,
+        diverged_epoch=epoch if diverged else None,
+    )
+    values = tuple(curve_metric(m, feats, config=score_cfg) for m in metrics)
+    trial.set_user_attr(CURVE_ATTR, curve)
+    trial.set_user_attr("features", _jsonable(feats.to_dict()))
+    trial.set_user_attr("diagnosis", diag.label)
+    trial.set_user_attr("diagnosis_reason", diag.reason)
+    if diverged:
+        trial.set_user_attr("diverged", True)
+
+    multi = len(trial.study.directions) > 1
+    if not multi:
+        trial.report(values[0], epoch)
+    reason = ""
+    if diverged or not all(math.isfinite(v) for v in curve):
+        reason = decide(curve, diverged=True, config=decision_config).reason
+    elif multi:
+        if not isinstance(pruner, optuna.pruners.NopPruner):
+            verdict = decide(curve, peers, config=decision_config)
+            reason = verdict.reason if verdict.prune else ""
+    elif trial.should_prune():
+        if isinstance(pruner, GainPruner):
+            reason = pruner.decision(trial.study, _frozen(trial)).reason
+        else:
+            reason = f"pruned by {type(pruner).__name__} at epoch {epoch}"
+    if reason:
+        trial.set_user_attr("prune_reason", reason)
+        raise optuna.TrialPruned(reason)
+    return values[0] if len(values) == 1 else values
+
+
+def _frozen(trial: optuna.Trial) -> FrozenTrial:
+    return trial.study._storage.get_trial(trial._trial_id)
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()
+    }
+
+
+# -- the built-in trainer as an objective -------------------------------------------------------
+
+
+class GainObjective:
+    """Objective for ``study.optimize``: one built-in trial per call, on a spec's search space.
+
+    Args:
+        spec: The experiment.
+        data: Pre-loaded data (default: loaded once, on first call).
+        eval_test: Record test loss/accuracy per epoch in user attributes (evaluation only).
+    """
+
+    def __init__(
+        self, spec: ExperimentSpec, *, data: TensorData | None = None, eval_test: bool = False
+    ) -> None:
+        self.spec = spec
+        self.eval_test = eval_test
+        self._data = data
+
+    @property
+    def data(self) -> TensorData:
+        if self._data is None:
+            probe = self.spec.train_config({k: _first(p) for k, p in self.spec.search.items()})
+            self._data = load_dataset(probe.dataset, probe.data_root)
+        return self._data
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        params = self.spec.suggest(trial)
+        config = self.spec.train_config({**params, "eval_test": self.eval_test})
+        trial.set_user_attr("config", config.to_dict())
+        metrics = self.spec.metrics
+        losses: list[float] = []
+        test_acc: list[float] = []
+        test_loss: list[float] = []
+
+        def on_epoch(ctx: EpochContext) -> None:
+            losses.append(float(ctx.record["train_loss"]))
+            trial.set_user_attr("train_loss", _finite_or_none(losses))
+            if self.eval_test:  # recorded for evaluation only: nothing below reads them
+                test_acc.append(float(ctx.record["test_acc"]))
+                test_loss.append(float(ctx.record["test_loss"]))
+                trial.set_user_attr("test_acc", test_acc)
+                trial.set_user_attr("test_loss", _finite_or_none(test_loss))
+            report_gain(
+                trial,
+                ctx.monitor,
+                ctx.epoch,
+                metric=metrics,
+                diverged=ctx.diverged,
+                score_config=self.spec.score,
+            )
+
+        result = train_trial(config, data=self.data, callbacks=[on_epoch])
+        trial.set_user_attr("status", result.status)
+        if result.status == DIVERGED:  # pragma: no cover - report_gain prunes it first
+            raise optuna.TrialPruned(result.reason)
+        values = tuple(
+            curve_metric(m, result.monitor.gains, config=self.spec.score) for m in metrics
+        )
+        return values[0] if len(values) == 1 else values
+
+
+def _first(p: Any) -> Any:
+    return p.choices[0] if p.type == "categorical" else p.low
+
+
+def _finite_or_none(values: list[float]) -> list[float | None]:
+    return [v if math.isfinite(v) else None for v in values]
+
+
+# -- study runner ---------------------------------------------------------------------------------
+
+
+def make_sampler(spec: ExperimentSpec) -> optuna.samplers.BaseSampler:
+    """TPE (default) or random sampling, seeded by the spec."""
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed)
+
+
+def make_pruner(spec: ExperimentSpec) -> BasePruner:
+    """The spec's pruner: ``gain``, ``median``, ``asha`` (successive halving) or ``none``."""
+    if spec.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if spec.pruner in ("median", "asha") and spec.multi_objective:
+        raise ValueError(
+            f"pruner.type {spec.pruner!r} needs a single objective (Optuna's trial.report is "
+            "single-objective); use 'gain' or 'none' with several metrics."
+        )
+    if spec.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.decision.warmup_epochs)
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=spec.decision.min_peers, n_warmup_steps=spec.decision.warmup_epochs
+        )
+    return GainPruner(config=spec.decision)
+
+
+def make_storage(url: str, heartbeat: int | None) -> optuna.storages.BaseStorage:
+    """An RDB storage (SQLite, PostgreSQL, ...) with heartbeats when ``heartbeat`` is set.
+
+    Raises:
+        ValueError: the URL is malformed, its driver is missing, or the database cannot be
+            reached (within 10 seconds for a server); the message hides any password.
+    """
+    kwargs: dict[str, Any] = {"engine_kwargs": _engine_kwargs(url)}
+    if heartbeat:
+        kwargs.update(heartbeat_interval=int(heartbeat), grace_period=3 * int(heartbeat))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as err:  # sqlalchemy raises ArgumentError, OperationalError, ImportError...
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "://" in url and "@" in url:
+            detail = detail.replace(url, redact(url))
+        raise ValueError(
+            f"storage {redact(url)!r} cannot be opened: {detail}. Expected an Optuna RDB URL "
+            "such as sqlite:///path/study.db or postgresql://user@host/db."
+        ) from None
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}  # several worker processes share one file
+    if url.startswith("postgresql"):
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    return {"pool_pre_ping": True}
+
+
+def redact(url: str) -> str:
+    """A storage URL with any password hidden."""
+    try:
+        import sqlalchemy
+
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def create_study(
+    spec: ExperimentSpec, storage: str, *, study_name: str | None = None, heartbeat: int | None = 10
+) -> optuna.Study:
+    """Create or load (resume) the spec's study in ``storage``."""
+    name = study_name or spec.name
+    kwargs: dict[str, Any] = {"directions": spec.directions}
+    return optuna.create_study(
+        storage=make_storage(storage, heartbeat),
+        study_name=name,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        load_if_exists=True,
+        **kwargs,
+    )
+
+
+@dataclass
+class StudyOutcome:
+    """What :func:`run_study` leaves behind."""
+
+    study_name: str
+    storage: str
+    rows: list[dict[str, Any]]
+    best: dict[str, Any]
+    interrupted: bool = False
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM, turned into KeyboardInterrupt so Optuna fails the running trial cleanly."""
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise _Interrupted(f"signal {signum}")
+
+
+def _optimize(
+    spec: ExperimentSpec,
+    storage: str,
+    study_name: str,
+    n_trials: int,
+    deadline: float | None,
+    eval_test: bool,
+    heartbeat: int | None,
+    on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+) -> None:
+    """One worker: run trials until the study has ``n_trials`` finished ones or time is up."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = create_study(spec, storage, study_name=study_name, heartbeat=heartbeat)
+    objective = GainObjective(spec, eval_test=eval_test)
+    callbacks = [on_trial] if on_trial else []
+    while finished_count(study) < n_trials:
+        if deadline is not None and time.time() >= deadline:
+            break
+        study.optimize(objective, n_trials=1, callbacks=callbacks, catch=())
+
+
+def _worker_main(*args: Any) -> None:  # pragma: no cover - runs in a spawned process
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    threads = int(os.environ.get("GAINSEARCH_WORKER_THREADS", "1"))
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    with contextlib.suppress(KeyboardInterrupt):
+        _optimize(*args)
+
+
+def run_study(
+    spec: ExperimentSpec,
+    *,
+    out_dir: str | Path,
+    n_trials: int,
+    storage: str | None = None,
+    study_name: str | None = None,
+    timeout: float | None = None,
+    workers: int = 1,
+    eval_test: bool = False,
+    heartbeat: int | None = 10,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> StudyOutcome:
+    """Run (or resume) a study until it holds ``n_trials`` finished trials.
+
+    Finished means complete or pruned; failed trials (a killed worker, an interrupted run) do
+    not count, so running the same command again tops the study up to ``n_trials``. With
+    ``workers > 1`` that many processes share the storage; trials already running when the
+    count is reached still finish, so the study may end up to ``workers - 1`` trials over.
+
+    Args:
+        spec: The experiment.
+        out_dir: Where ``study.db`` (default storage), ``trials.csv``, ``best.json`` and
+            ``spec.yaml`` go.
+        n_trials: Finished trials wanted in the study (>= 1).
+        storage: Optuna storage URL (default ``sqlite:///OUT/study.db``).
+        study_name: Default: the spec's name.
+        timeout: Seconds after which no new trial starts.
+        workers: Parallel worker processes.
+        eval_test: Record test metrics (evaluation only).
+        heartbeat: Heartbeat interval in seconds (``None``/0: off); a trial whose worker died
+            is marked failed after 3 intervals.
+        progress: Called with counts (``done``, ``pruned``, ``running``, ``best``) as trials end.
+    """
+    _check_run_args(n_trials, timeout, workers, heartbeat)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    name = study_name or spec.name
+    study = create_study(spec, url, study_name=name, heartbeat=heartbeat)
+    _check_same_space(study, spec)
+    deadline = time.time() + timeout if timeout else None
+    interrupted = False
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        if workers == 1:
+
+            def on_trial(s: optuna.Study, _: FrozenTrial) -> None:
+                if progress:
+                    progress(study_counts(s))
+
+            if progress:
+                progress(study_counts(study))
+            _optimize(spec, url, name, n_trials, deadline, eval_test, heartbeat, on_trial)
+        else:
+            interrupted = _run_workers(
+                spec, url, name, n_trials, deadline, eval_test, heartbeat, workers, study, progress
+            )
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    rows = trial_rows(study)
+    best = best_summary(study, spec)
+    write_results(out, spec, rows, best, url, name)
+    return StudyOutcome(name, url, rows, best, interrupted)
+
+
+def _run_workers(
+    spec: ExperimentSpec,
+    url: str,
+    name: str,
+    n_trials: int,
+    deadline: float | None,
+    eval_test: bool,
+    heartbeat: int | None,
+    workers: int,
+    study: optuna.Study,
+    progress: Callable[[dict[str, Any]], None] | None,
+) -> bool:
+    ctx = multiprocessing.get_context("spawn")
+    os.environ["GAINSEARCH_WORKER_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    procs = [
+        ctx.Process(
+            target=_worker_main,
+            args=(spec, url, name, n_trials, deadline, eval_test, heartbeat),
+            daemon=False,
+        )
+        for _ in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            if progress:
+                progress(study_counts(study))
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.join(timeout=60)
+        return True
+    finally:
+        for proc in procs:
+            proc.join(timeout=5)
+    if progress:
+        progress(study_counts(study))
+    failed = [p.exitcode for p in procs if p.exitcode not in (0, None)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} worker process(es) failed with exit codes {failed}.")
+    return False
+
+
+def _check_run_args(n_trials: Any, timeout: Any, workers: Any, heartbeat: Any) -> None:
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise ValueError(f"n_trials must be a positive integer, but got n_trials={n_trials!r}.")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, but got {timeout=}.")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, but got workers={workers!r}.")
+    if heartbeat is not None and (not isinstance(heartbeat, int) or heartbeat < 0):
+        raise ValueError(f"heartbeat must be a non-negative integer, but got {heartbeat=}.")
+
+
+def _check_same_space(study: optuna.Study, spec: ExperimentSpec) -> None:
+    """A resumed study must have been run with the same spec."""
+    saved = study.user_attrs.get("spec")
+    current = spec.to_dict()
+    if saved is None:
+        study.set_user_attr("spec", current)
+        return
+    keys = ("train", "search", "objective", "pruner")
+    differ = [
+        k
+        for k in keys
+        if json.dumps(saved.get(k), sort_keys=True) != json.dumps(current[k], sort_keys=True)
+    ]
+    if differ:
+        raise ValueError(
+            f"study {study.study_name!r} was run with a different spec (sections {differ} "
+            "differ); resume it with the same spec, or pick another --study-name or --out."
+        )
+
+
+def study_counts(study: optuna.Study) -> dict[str, Any]:
+    """Counts of complete, pruned, running and failed trials, and the best value so far."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {state: 0 for state in TrialState}
+    for t in trials:
+        counts[t.state] += 1
+    best = None
+    if len(study.directions) == 1:
+        done = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        if done:
+            best = (
+                max(done) if study.direction == optuna.study.StudyDirection.MAXIMIZE else min(done)
+            )
+    return {
+        "complete": counts[TrialState.COMPLETE],
+        "pruned": counts[TrialState.PRUNED],
+        "running": counts[TrialState.RUNNING],
+        "failed": counts[TrialState.FAIL],
+        "done": counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
+        "best": best,
+    }
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per trial: number, state, parameters, value(s), diagnosis, prune reason."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        curve = t.user_attrs.get(CURVE_ATTR, [])
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name.lower(),
+                "params": dict(t.params),
+                "value": t.value if t.values is None or len(t.values) == 1 else None,
+                "values": list(t.values) if t.values is not None else None,
+                "epochs": len(curve),
+                "final_gain": float(curve[-1]) if curve and curve[-1] is not None else None,
+                "diagnosis": t.user_attrs.get("diagnosis", ""),
+                "prune_reason": t.user_attrs.get("prune_reason", ""),
+                "test_acc": (t.user_attrs.get("test_acc") or [None])[-1],
+            }
+        )
+    return rows
+
+
+def best_summary(study: optuna.Study, spec: ExperimentSpec) -> dict[str, Any]:
+    """The best trial (or the Pareto front for several metrics) with its full configuration."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return {"best": None, "reason": "no trial completed yet"}
+
+    def describe(t: FrozenTrial) -> dict[str, Any]:
+        return {
+            "number": t.number,
+            "params": dict(t.params),
+            "values": dict(zip(spec.metrics, t.values, strict=True)),
+            "diagnosis": t.user_attrs.get("diagnosis", ""),
+            "config": t.user_attrs.get("config") or spec.train_config(t.params).to_dict(),
+        }
+
+    if spec.multi_objective:
+        return {
+            "metrics": list(spec.metrics),
+            "modes": list(spec.modes),
+            "pareto_front": [describe(t) for t in study.best_trials],
+        }
+    return {"metric": spec.metrics[0], "mode": spec.modes[0], "best": describe(study.best_trial)}
+
+
+def write_results(
+    out: Path,
+    spec: ExperimentSpec,
+    rows: list[dict[str, Any]],
+    best: dict[str, Any],
+    url: str,
+    name: str,
+) -> None:
+    """``trials.csv``, ``best.json`` and ``spec.yaml`` in ``out`` (written atomically)."""
+    import yaml
+
+    param_names = sorted({k for r in rows for k in r["params"]})
+    header = [
+        "number",
+        "state",
+        *param_names,
+        "value",
+        "epochs",
+        "final_gain",
+        "diagnosis",
+        "prune_reason",
+        "test_acc",
+    ]
+    tmp = out / "trials.csv.tmp"
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for r in rows:
+            value = r["value"] if r["value"] is not None else r["values"]
+            writer.writerow(
+                [
+                    r["number"],
+                    r["state"],
+                    *[r["params"].get(p, "") for p in param_names],
+                    value,
+                    r["epochs"],
+                    r["final_gain"],
+                    r["diagnosis"],
+                    r["prune_reason"],
+                    r["test_acc"],
+                ]
+            )
+    tmp.replace(out / "trials.csv")
+    payload = {"study_name": name, "storage": redact(url), **best}
+    (out / "best.json.tmp").write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    (out / "best.json.tmp").replace(out / "best.json")
+    (out / "spec.yaml.tmp").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    (out / "spec.yaml.tmp").replace(out / "spec.yaml")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

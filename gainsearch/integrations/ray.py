@@ -1,0 +1,630 @@
+"""Ray Tune back end: the same search, distributed, with fault-tolerant trials.
+
+* :func:`gain_trainable`: a function trainable; one built-in trial reporting every epoch with
+  ``ray.tune.report(metrics, checkpoint=...)``. The checkpoint holds model, optimizer, monitor
+  history and RNG state; a restarted trial resumes from it with its gain history intact.
+* :class:`GainScheduler`: a ``TrialScheduler`` over the decision core
+  (:func:`gainsearch.decision.decide`), the same rules as :class:`~.optuna.GainPruner`.
+* :func:`run_tuner`: the runner behind ``gainsearch search --backend ray``: Optuna's TPE through
+  ``OptunaSearch``, a local Ray on loopback or ``--address`` to join a cluster, resume.
+
+Needs ``pip install gainsearch[ray]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gainsearch.decision import DecisionConfig, decide
+from gainsearch.features import diagnose
+from gainsearch.objective import ScoreConfig, gain_score
+from gainsearch.spaces import ExperimentSpec
+from gainsearch.train import EpochContext, TrainConfig, train_trial
+
+try:
+    import ray
+    from ray import tune
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "gainsearch.integrations.ray needs Ray Tune: pip install 'gainsearch[ray]'"
+    ) from err
+
+__all__ = ["GainScheduler", "RayOutcome", "gain_trainable", "result_rows", "run_tuner"]
+
+logger = logging.getLogger(__name__)
+
+#: Metric names reported every epoch.
+SCORE = "gain_score"
+CHECKPOINT_FILE = "checkpoint.pt"
+GAINSEARCH_KEY = "_gainsearch"  # fixed, non-searched settings travel in the config under this key
+
+
+class GainScheduler(FIFOScheduler):
+    """Stop trials on their gain curve against their peers at the same epoch.
+
+    A thin adapter over :func:`gainsearch.decision.decide`: diverged trials are stopped at
+    once; after ``grace_period`` epochs, with at least ``min_peers`` other trials that reached the
+    same epoch (running or finished), a trial is stopped when its variability is far above the
+    peers' median or its gain score is below the ``percentile``-th percentile of theirs. The
+    reason is logged and kept in :attr:`stop_reasons` (trial id -> reason).
+
+    Each result must carry ``epoch`` and ``gain`` (and may carry ``diverged``), as
+    :func:`gain_trainable` reports. A result without them is an error listing the keys it has.
+    A restarted trial that reports an epoch again replaces its curve from that epoch on.
+
+    Args:
+        grace_period: Epochs before stopping for anything but divergence.
+        min_peers: Peers needed before comparing.
+        percentile: Score percentile of the peers below which a trial is stopped (0-100).
+        variability_factor: Multiple of the peers' median variability that marks "too high".
+        min_variability: Variability floor (dB/epoch).
+        config: A complete :class:`DecisionConfig` instead of the arguments above.
+        metric: Accepted for Ray's conventions (set once in ``TuneConfig``); decisions always use
+            the gain curve.
+        mode: Likewise, ``"max"`` or ``"min"``.
+    """
+
+    def __init__(
+        self,
+        *,
+        grace_period: int = 1,
+        min_peers: int = 3,
+        percentile: float = 50.0,
+        variability_factor: float = 3.0,
+        min_variability: float = 1.0,
+        config: DecisionConfig | None = None,
+        metric: str | None = None,
+        mode: str | None = None,
+    ) -> None:
+        super().__init__()
+        if mode is not None and mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', but got mode={mode!r}.")
+        self.config = config or DecisionConfig(
+            warmup_epochs=grace_period,
+            min_peers=min_peers,
+            percentile=percentile,
+            variability_factor=variability_factor,
+            min_variability=min_variability,
+        )
+        self._metric = metric
+        self._mode = mode
+        self.curves: dict[str, list[float]] = {}
+        self.stop_reasons: dict[str, str] = {}
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        if self._metric and metric and metric != self._metric:
+            return False
+        self._metric = self._metric or metric
+        self._mode = self._mode or mode
+        return True
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
+        return (
+            TrialScheduler.STOP if self.observe(trial.trial_id, result) else TrialScheduler.CONTINUE
+        )
+
+    def observe(self, trial_id: str, result: dict[str, Any]) -> bool:
+        """Record one result of ``trial_id``; True when the trial should stop (reason kept)."""
+        if "epoch" not in result or "gain" not in result:
+            raise ValueError(
+                "GainScheduler needs 'epoch' and 'gain' in every result (report them like "
+                f"gainsearch.integrations.ray.gain_trainable); the result has {sorted(result)}."
+            )
+        epoch = int(result["epoch"])
+        gain = result["gain"]
+        gain = math.nan if gain is None else float(gain)
+        curve = self.curves.get(trial_id, [])[: epoch - 1]
+        curve += [math.nan] * (epoch - 1 - len(curve))  # never happens with our trainable
+        curve.append(gain)
+        self.curves[trial_id] = curve
+        peers = [c for tid, c in self.curves.items() if tid != trial_id]
+        verdict = decide(curve, peers, config=self.config, diverged=bool(result.get("diverged")))
+        if verdict.prune:
+            self.stop_reasons[trial_id] = verdict.reason
+            logger.info("stopping trial %s: %s", trial_id, verdict.reason)
+        return verdict.prune
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> None:
+        pass
+
+    def debug_string(self) -> str:
+        return f"GainScheduler: {len(self.stop_reasons)} trial(s) stopped early."
+
+
+def gain_trainable(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one built-in trial, reported every epoch.
+
+    ``config`` holds the sampled hyperparameters plus, under ``"_gainsearch"``, the fixed
+    training settings (``train``), the score weights (``variability_weight``) and whether to
+    record test metrics. Reports ``epoch``, ``gain``, ``gain_score``, ``level``, ``trend``,
+    ``variability``, ``saturation``, ``diagnosis``, ``train_loss``, ``diverged`` (+ ``test_acc``,
+    ``test_loss``) with a checkpoint directory holding ``checkpoint.pt``.
+    """
+    from ray.tune import Checkpoint
+
+    fixed = dict(config.get(GAINSEARCH_KEY, {}))
+    params = {k: v for k, v in config.items() if k != GAINSEARCH_KEY}
+    settings = {**fixed.get("train", {}), **params}
+    if fixed.get("eval_test"):
+        settings["eval_test"] = True
+    if fixed.get("use_gpu"):
+        settings["device"] = "cuda"
+    train_config = TrainConfig.from_dict(settings)
+    score_config = ScoreConfig(variability_weight=fixed.get("variability_weight", 1.0))
+
+    with tempfile.TemporaryDirectory(prefix="gainsearch-trial-") as work:
+        local = Path(work) / CHECKPOINT_FILE
+        restored = tune.get_checkpoint()
+        if restored is not None:
+            with restored.as_directory() as folder:
+                saved = Path(folder) / CHECKPOINT_FILE
+                if saved.is_file():
+                    local.write_bytes(saved.read_bytes())
+
+        def report(ctx: EpochContext) -> None:
+            curve = ctx.monitor.gains
+            diag = diagnose(
+                curve, epochs=ctx.monitor.epochs, diverged_epoch=ctx.epoch if ctx.diverged else None
+            )
+            feats = diag.features
+            metrics = {
+                "epoch": ctx.epoch,
+                "gain": _finite(ctx.record["gain"]),
+                "gain_max": _finite(ctx.record["gain_max"]),
+                SCORE: _finite(gain_score(feats, config=score_config)),
+                "level": _finite(feats.level),
+                "trend": _finite(feats.trend),
+                "variability": _finite(feats.variability),
+                "saturation": _finite(feats.saturation),
+                "diagnosis": diag.label,
+                "train_loss": _finite(ctx.record["train_loss"]),
+                "diverged": bool(ctx.diverged),
+                "node_id": ray.get_runtime_context().get_node_id(),
+            }
+            if train_config.eval_test:  # evaluation only: the scheduler never reads these
+                metrics["test_acc"] = ctx.record["test_acc"]
+                metrics["test_loss"] = _finite(ctx.record["test_loss"])
+            tune.report(metrics, checkpoint=Checkpoint.from_directory(work))
+
+        train_trial(train_config, callbacks=[report], checkpoint_path=local)
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+# -- runner -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RayOutcome:
+    """What :func:`run_tuner` leaves behind."""
+
+    experiment_path: str
+    rows: list[dict[str, Any]]
+    best: dict[str, Any]
+
+
+def make_scheduler(spec: ExperimentSpec) -> TrialScheduler:
+    """The spec's pruner as a Ray scheduler: gain (GainScheduler), median, asha or none."""
+    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
+
+    d = spec.decision
+    if spec.pruner == "median":
+        return MedianStoppingRule(
+            time_attr="epoch", grace_period=d.warmup_epochs, min_samples_required=d.min_peers
+        )
+    if spec.pruner == "asha":
+        return ASHAScheduler(
+            time_attr="epoch",
+            grace_period=d.warmup_epochs,
+            max_t=int(spec.train.get("epochs", TrainConfig().epochs)),
+        )
+    if spec.pruner == "none":
+        return FIFOScheduler()
+    return GainScheduler(config=d)
+
+
+def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
+    """Join ``address`` (``auto``, ``host:port``, ``ray://host:port``) or start a local Ray.
+
+    A local Ray binds 127.0.0.1 and has no dashboard. Returns True when this call started Ray.
+
+    Raises:
+        ValueError: the address cannot be reached (within Ray's connection timeout).
+    """
+    if ray.is_initialized():
+        return False
+    if address is None:
+        _loopback_only()
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+        return True
+    _check_reachable(address)
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except Exception as err:  # ConnectionError, TimeoutError, ValueError, RuntimeError ...
+        raise ValueError(
+            f"--address {address!r}: cannot connect to a Ray cluster there ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Start one with `ray start --head` "
+            "and pass its address (auto, host:port or ray://host:10001)."
+        ) from None
+    return True
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail within ``timeout`` seconds when a ``host:port`` address does not answer.
+
+    Ray itself retries an unreachable GCS for minutes; ``auto`` is left to Ray, which fails at
+    once when no local cluster runs.
+    """
+    import socket
+
+    target = address.removeprefix("ray://")
+    if address == "auto" or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except ValueError:
+        raise ValueError(
+            f"--address {address!r}: expected auto, host:port or ray://host:port."
+        ) from None
+    except OSError as err:
+        raise ValueError(
+            f"--address {address!r}: cannot connect to a Ray cluster there ({err}). Start one "
+            "with `ray start --head` and pass its address (auto, host:port or ray://host:10001)."
+        ) from None
+
+
+def _loopback_only() -> None:
+    """Make a local Ray bind 127.0.0.1 only.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` when it is imported: the variable reaches the
+    Ray processes started next (they inherit the environment) and the constant already read by
+    this process is set to match.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    try:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    except (ImportError, AttributeError):  # pragma: no cover - other Ray versions
+        logger.warning("could not force Ray onto loopback; set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0")
+
+
+def run_tuner(
+    spec: ExperimentSpec,
+    *,
+    out_dir: str | Path,
+    n_trials: int,
+    max_concurrent: int = 2,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    address: str | None = None,
+    storage_path: str | None = None,
+    storage: str | None = None,
+    eval_test: bool = False,
+    max_failures: int = 3,
+    time_budget_s: float | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> RayOutcome:
+    """Run (or resume) the spec's search on Ray Tune.
+
+    Args:
+        spec: The experiment (single objective: Ray Tune optimises one metric).
+        out_dir: Where ``trials.csv``, ``best.json``, ``spec.yaml`` go (and, by default, the Ray
+            results under ``OUT/ray_results``).
+        n_trials: Trials to sample (``num_samples``).
+        max_concurrent: Trials running at once.
+        cpus_per_trial: CPUs reserved per trial.
+        gpus_per_trial: GPUs per trial (> 0 trains on CUDA).
+        address: Existing cluster (``auto``, ``host:port``, ``ray://...``); ``None`` starts a local
+            Ray on loopback.
+        storage_path: Results location; on a multi-node cluster a shared path or a bucket URI.
+        storage: Optuna storage URL of the TPE study behind ``OptunaSearch`` (default
+            ``sqlite:///OUT/study.db``): the study opens in optuna-dashboard as on the Optuna
+            back end.
+        eval_test: Record test metrics per epoch (evaluation only).
+        max_failures: Restarts per trial from its last checkpoint (``FailureConfig``).
+        time_budget_s: Stop sampling after this many seconds.
+        progress: Called with counts as results arrive.
+    """
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from gainsearch.integrations.optuna import make_sampler, make_storage, write_results
+
+    _check_args(spec, n_trials, max_concurrent, cpus_per_trial, gpus_per_trial, max_failures)
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    train = dict(spec.train)
+    if train.get("data_root") and "://" not in str(train["data_root"]):
+        train["data_root"] = str(
+            Path(train["data_root"]).expanduser().resolve()
+        )  # trials run elsewhere
+    results_path = storage_path or str(out / "ray_results")
+    if "://" not in results_path:
+        results_path = str(Path(results_path).expanduser().resolve())
+    study_url = storage or f"sqlite:///{out / 'study.db'}"
+    study_storage = make_storage(study_url, heartbeat=None)  # a clear error before Ray starts
+    # One checkpoint per epoch is the point of fault tolerance here; Ray's advice to snapshot
+    # less often does not apply to epochs of seconds.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    started = connect(address, num_cpus=None)
+    try:
+        if address is not None and "://" not in results_path and len(ray.nodes()) > 1:
+            logger.warning(
+                "storage path %s is local but the cluster has %d nodes: every node must see it "
+                "(a shared file system), else pass --storage-path s3://... or another shared URI",
+                results_path,
+                len(ray.nodes()),
+            )
+        metric, mode = SCORE, spec.modes[0]
+        budget = int(train.get("epochs", TrainConfig().epochs))
+        scheduler = make_scheduler(spec)
+        param_space = {
+            **spec.to_ray(),
+            GAINSEARCH_KEY: {
+                "train": train,
+                "variability_weight": spec.score.variability_weight,
+                "eval_test": eval_test,
+                "use_gpu": gpus_per_trial > 0,
+            },
+        }
+        trainable = tune.with_resources(
+            gain_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+        )
+        experiment = Path(results_path) / spec.name if "://" not in results_path else None
+        if experiment is not None and Tuner.can_restore(str(experiment)):
+            tuner = Tuner.restore(
+                str(experiment), trainable=trainable, resume_errored=True, param_space=param_space
+            )
+            if isinstance(scheduler, GainScheduler):
+                _replay(scheduler, experiment)
+        else:
+            search = ConcurrencyLimiter(
+                OptunaSearch(
+                    sampler=make_sampler(spec),
+                    metric=metric,
+                    mode=mode,
+                    storage=study_storage,
+                    study_name=spec.name,
+                ),
+                max_concurrent=max_concurrent,
+            )
+            tuner = Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=TuneConfig(
+                    metric=metric,
+                    mode=mode,
+                    search_alg=search,
+                    scheduler=scheduler,
+                    num_samples=n_trials,
+                    time_budget_s=time_budget_s,
+                ),
+                run_config=RunConfig(
+                    name=spec.name,
+                    storage_path=results_path,
+                    failure_config=FailureConfig(max_failures=max_failures),
+                    checkpoint_config=CheckpointConfig(num_to_keep=2),
+                    verbose=0,
+                    callbacks=[_ProgressCallback(progress, budget)] if progress else None,
+                ),
+            )
+        grid = tuner.fit()
+        reasons = scheduler.stop_reasons if isinstance(scheduler, GainScheduler) else {}
+        reasons = {**_load_reasons(out), **reasons}
+        (out / "stop_reasons.json").write_text(json.dumps(reasons, indent=2) + "\n")
+        rows = result_rows(grid, spec, reasons, budget)
+        best = _best(rows, spec, train)
+        write_results(out, spec, rows, best, study_url, spec.name)
+        return RayOutcome(str(grid.experiment_path), rows, best)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+class _ProgressCallback(tune.Callback):
+    def __init__(self, progress: Callable[[dict[str, Any]], None], budget: int) -> None:
+        self.progress = progress
+        self.budget = budget
+
+    def on_trial_complete(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        self._emit(trials)
+
+    def on_trial_error(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        self._emit(trials)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
+    ) -> None:
+        self._emit(trials)
+
+    def _emit(self, trials: list[Trial]) -> None:
+        done = sum(t.status in (Trial.TERMINATED, Trial.ERROR) for t in trials)
+        scores = [
+            float(t.last_result[SCORE])
+            for t in trials
+            if t.last_result and t.last_result.get(SCORE) is not None
+        ]
+        self.progress(
+            {
+                "done": done,
+                "running": sum(t.status == Trial.RUNNING for t in trials),
+                "pruned": sum(
+                    t.status == Trial.TERMINATED and t.last_result.get("epoch", 0) < self.budget
+                    for t in trials
+                ),
+                "best": max(scores) if scores else None,
+            }
+        )
+
+
+def _replay(scheduler: GainScheduler, experiment: Path) -> None:
+    """Rebuild the scheduler's peer curves from the results already on disk (resume)."""
+    for result_file in experiment.glob("*/result.json"):
+        trial_id = None
+        for line in result_file.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            trial_id = record.get("trial_id", trial_id)
+            if trial_id and "epoch" in record and "gain" in record:
+                curve = scheduler.curves.get(trial_id, [])[: int(record["epoch"]) - 1]
+                curve.append(math.nan if record["gain"] is None else float(record["gain"]))
+                scheduler.curves[trial_id] = curve
+
+
+def _load_reasons(out: Path) -> dict[str, str]:
+    path = out / "stop_reasons.json"
+    if path.is_file():
+        try:
+            return dict(json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            return {}
+    return {}
+
+
+def result_rows(
+    grid: Any, spec: ExperimentSpec, reasons: dict[str, str], budget: int
+) -> list[dict[str, Any]]:
+    """One row per trial in the same format as the Optuna back end's table.
+
+    State: ``complete``; ``pruned`` (stopped early by the scheduler, with its reason when the
+    GainScheduler stopped it); ``diverged`` trials count as pruned with that reason; ``failed``.
+    """
+    rows = []
+    for number, result in enumerate(grid):
+        metrics = dict(result.metrics or {})
+        trial_id = metrics.get("trial_id", "")
+        history = result.metrics_dataframe
+        curve: list[float | None] = []
+        nodes: list[str] = []
+        epoch_log: list[int] = []
+        if history is not None and "gain" in history:
+            epoch_log = [int(e) for e in history["epoch"] if e == e]  # as reported, in order
+            by_epoch: dict[int, Any] = {}
+            for epoch, gain, node in zip(
+                history["epoch"],
+                history["gain"],
+                history.get("node_id", [None] * len(history)),
+                strict=False,
+            ):
+                if epoch == epoch:  # not NaN
+                    by_epoch[int(epoch)] = (gain, node)
+            curve = [
+                None if g is None or g != g else float(g)
+                for g, _ in (by_epoch[e] for e in sorted(by_epoch))
+            ]
+            nodes = sorted({str(n) for _, n in by_epoch.values() if n})
+        epochs = int(metrics.get("epoch", len(curve)) or 0)
+        if result.error is not None:
+            state, reason = "failed", str(result.error).splitlines()[0]
+        elif metrics.get("diverged"):
+            state, reason = "pruned", f"diverged at epoch {epochs}"
+        elif trial_id in reasons:
+            state, reason = "pruned", reasons[trial_id]
+        elif epochs < budget:
+            state, reason = "pruned", f"stopped at epoch {epochs} by {spec.pruner} scheduler"
+        else:
+            state, reason = "complete", ""
+        params = {k: v for k, v in (result.config or {}).items() if k != GAINSEARCH_KEY}
+        score = metrics.get(SCORE)
+        rows.append(
+            {
+                "number": number,
+                "trial_id": trial_id,
+                "state": state,
+                "params": params,
+                "value": score if state == "complete" else (score if score is not None else None),
+                "values": [score] if score is not None else None,
+                "epochs": epochs,
+                "final_gain": curve[-1] if curve else None,
+                "gain_curve": curve,
+                "epoch_log": epoch_log,
+                "diagnosis": metrics.get("diagnosis", ""),
+                "prune_reason": reason,
+                "test_acc": metrics.get("test_acc"),
+                "nodes": nodes,
+            }
+        )
+    return rows
+
+
+def _best(
+    rows: list[dict[str, Any]], spec: ExperimentSpec, train: dict[str, Any]
+) -> dict[str, Any]:
+    complete = [r for r in rows if r["state"] == "complete" and r["value"] is not None]
+    if not complete:
+        return {"best": None, "reason": "no trial completed yet"}
+    pick = max if spec.modes[0] == "max" else min
+    best = pick(complete, key=lambda r: r["value"])
+    return {
+        "metric": spec.metrics[0],
+        "mode": spec.modes[0],
+        "best": {
+            "number": best["number"],
+            "trial_id": best["trial_id"],
+            "params": best["params"],
+            "values": {spec.metrics[0]: best["value"]},
+            "diagnosis": best["diagnosis"],
+            "config": TrainConfig.from_dict({**train, **best["params"]}).to_dict(),
+        },
+    }
+
+
+def _check_args(
+    spec: ExperimentSpec,
+    n_trials: Any,
+    max_concurrent: Any,
+    cpus: Any,
+    gpus: Any,
+    max_failures: Any,
+) -> None:
+    if spec.multi_objective:
+        raise ValueError(
+            f"the Ray back end optimises one metric, but the spec has {list(spec.metrics)}; use "
+            "--backend optuna for several metrics."
+        )
+    if spec.metrics[0] != "score":
+        raise ValueError(
+            f"the Ray back end optimises the gain score; objective.metric={spec.metrics[0]!r} "
+            "needs --backend optuna."
+        )
+    for name, value in (("n_trials", n_trials), ("max_concurrent", max_concurrent)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, but got {name}={value!r}.")
+    if not isinstance(max_failures, int) or max_failures < 0:
+        raise ValueError(f"max_failures must be a non-negative integer, but got {max_failures=}.")
+    if not (isinstance(cpus, (int, float)) and cpus > 0):
+        raise ValueError(
+            f"cpus_per_trial must be a positive number, but got cpus_per_trial={cpus!r}."
+        )
+    if not (isinstance(gpus, (int, float)) and gpus >= 0):
+        raise ValueError(
+            f"gpus_per_trial must be a non-negative number, but got gpus_per_trial={gpus!r}."
+        )

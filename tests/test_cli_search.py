@@ -1,0 +1,135 @@
+"""`gainsearch search` end to end: table and files, bad input, SIGTERM mid-study then resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from gainsearch.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = """\
+name: e2e
+train: {dataset: digits, model: digits_lenet, epochs: 6, batch_size: 128}
+search:
+  lr: {type: float, low: 1.0e-3, high: 2.0, log: true}
+pruner: {warmup_epochs: 2, min_peers: 2}
+sampler: {type: tpe, seed: 1}
+"""
+
+
+def write_spec(folder: Path, text: str = SPEC) -> Path:
+    path = folder / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_search_prints_the_table_and_writes_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = write_spec(tmp_path)
+    out = tmp_path / "out"
+    assert main(["search", str(spec), "--trials", "4", "--out", str(out), "--eval-test"]) == 0
+    printed = capsys.readouterr().out
+    assert "state" in printed and "diagnosis" in printed and "prune reason" in printed
+    assert "best trial: #" in printed
+    best = json.loads((out / "best.json").read_text())
+    assert best["metric"] == "score" and "lr" in best["best"]["params"]
+    assert best["storage"].startswith("sqlite:///")
+    lines = (out / "trials.csv").read_text().splitlines()
+    assert lines[0].startswith("number,state,lr,value") and len(lines) == 5
+    assert (out / "spec.yaml").is_file() and (out / "study.db").is_file()
+    # the study opens in plain Optuna (and so in optuna-dashboard) without conversion
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 4 and study.user_attrs["spec"]["name"] == "e2e"
+    figure = optuna.visualization.plot_intermediate_values(study)  # plotly is a dev dependency
+    assert len(figure.data) == 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["search", "{dir}/missing.yaml", "--out", "{dir}/o"], "cannot read it"),
+        (
+            ["search", "{spec}", "--trials", "0", "--out", "{dir}/o"],
+            "n_trials must be a positive integer",
+        ),
+        (
+            ["search", "{spec}", "--workers", "0", "--out", "{dir}/o"],
+            "workers must be a positive integer",
+        ),
+        (
+            ["search", "{spec}", "--epochs", "0", "--out", "{dir}/o"],
+            "epochs must be a positive integer",
+        ),
+        (
+            ["search", "{spec}", "--storage", "nosuchdb://u:secret@x/db", "--out", "{dir}/o"],
+            "storage 'nosuchdb://u:***@x/db' cannot be opened",
+        ),
+    ],
+)
+def test_search_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], match: str
+) -> None:
+    spec = write_spec(tmp_path)
+    argv = [a.replace("{dir}", str(tmp_path)).replace("{spec}", str(spec)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err
+    assert "secret" not in err  # storage passwords are never printed
+
+
+def finished(storage: str) -> list[optuna.trial.FrozenTrial]:
+    if not Path(storage.removeprefix("sqlite:///")).exists():
+        return []
+    try:
+        study = optuna.load_study(study_name="e2e", storage=storage)
+    except KeyError:  # the study is not created yet
+        return []
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return study.get_trials(states=states)
+
+
+def test_sigterm_mid_study_then_the_same_command_resumes(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "gainsearch", "search", str(spec), "--trials", "10"]
+    command += ["--out", str(out), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    storage = f"sqlite:///{out / 'study.db'}"
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while len(finished(storage)) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, "the study finished before it could be interrupted"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err.decode()
+    assert b"run the same command again to resume" in err
+    study = optuna.load_study(study_name="e2e", storage=storage)
+    states = {t.state for t in study.trials}
+    assert optuna.trial.TrialState.RUNNING not in states  # the interrupted trial was failed
+    done_before = {t.number: (t.state, t.params, t.value) for t in finished(storage)}
+    assert 2 <= len(done_before) < 10
+    assert (out / "trials.csv").is_file()  # the table of what was done is written
+
+    rerun = subprocess.run(command, env=env, capture_output=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr.decode()
+    after = finished(storage)
+    assert len(after) == 10
+    assert {
+        t.number: (t.state, t.params, t.value) for t in after if t.number in done_before
+    } == done_before
+    study = optuna.load_study(study_name="e2e", storage=storage)
+    assert optuna.trial.TrialState.RUNNING not in {t.state for t in study.trials}

@@ -1,0 +1,233 @@
+"""Optuna back end: GainPruner and report_gain on in-memory studies; small real studies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from gainsearch.decision import DecisionConfig, decide
+from gainsearch.integrations.optuna import GainPruner, report_gain, run_study
+from gainsearch.spaces import parse_spec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+E = np.arange(1, 11)
+GOOD = [float(v) for v in 20 - 15 * np.exp(-E / 3)]
+OK = [float(v) for v in 15 - 12 * np.exp(-E / 3)]
+SLOW = [float(v) for v in -10 + 0.5 * E]
+JAGGED = [float(v) for v in 10 + 4 * (-1.0) ** E]
+
+
+def add_peer(study: optuna.Study, curve: list[float]) -> None:
+    trial = study.ask()
+    trial.set_user_attr("gain_curve", curve)
+    study.tell(trial, curve[-1])
+
+
+def study_with_peers(
+    pruner: optuna.pruners.BasePruner | None = None, **kwargs: object
+) -> optuna.Study:
+    study = optuna.create_study(direction="maximize", pruner=pruner or GainPruner(), **kwargs)
+    for curve in (GOOD, OK, [v + 1.0 for v in OK]):
+        add_peer(study, curve)
+    return study
+
+
+def run_epochs(study: optuna.Study, curve: list[float], **kwargs: object) -> tuple[int, str]:
+    """Report ``curve`` epoch by epoch; returns (epochs reported, prune reason or '')."""
+    trial = study.ask()
+    for epoch in range(1, len(curve) + 1):
+        try:
+            report_gain(trial, curve[:epoch], epoch, **kwargs)  # type: ignore[arg-type]
+        except optuna.TrialPruned as pruned:
+            assert trial.user_attrs["prune_reason"] == str(pruned)
+            study.tell(trial, state=TrialState.PRUNED)
+            return epoch, str(pruned)
+    study.tell(trial, curve[-1] if len(study.directions) == 1 else [curve[-1], 0.0])
+    return len(curve), ""
+
+
+def test_diverged_is_pruned_at_once() -> None:
+    study = study_with_peers()
+    epochs, reason = run_epochs(study, [30.0, float("nan"), 3.0])  # healthy, then NaN
+    assert epochs == 2 and reason.startswith("diverged")
+    pruned = study.trials[-1]
+    assert pruned.state == TrialState.PRUNED and pruned.user_attrs["diagnosis"] == "diverged"
+
+
+def test_trainer_divergence_flag_prunes() -> None:
+    study = study_with_peers()
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="training loss"):
+        report_gain(trial, [5.0], 1, diverged=True)
+
+
+def test_too_variable_after_warmup_with_reason() -> None:
+    study = study_with_peers(GainPruner(warmup_epochs=4))
+    epochs, reason = run_epochs(study, JAGGED)
+    assert epochs == 4  # warm-up respected: epochs 1-3 were not judged
+    assert "learning rate too high" in reason
+
+
+def test_below_percentile_with_reason() -> None:
+    study = study_with_peers(GainPruner(warmup_epochs=3, percentile=25))
+    epochs, reason = run_epochs(study, SLOW)
+    assert epochs == 3 and "below the 25th percentile of 3 peers" in reason
+    intermediate = study.trials[-1].intermediate_values
+    assert sorted(intermediate) == [1, 2, 3]
+
+
+def test_default_pruner_judges_from_the_first_epoch_against_the_median() -> None:
+    study = study_with_peers()
+    epochs, reason = run_epochs(study, SLOW)
+    assert epochs == 1 and "below the 50th percentile of 3 peers" in reason
+
+
+def test_good_trial_completes_and_records_features() -> None:
+    study = study_with_peers()
+    epochs, reason = run_epochs(study, GOOD)
+    assert epochs == 10 and reason == ""
+    trial = study.trials[-1]
+    assert trial.user_attrs["gain_curve"] == GOOD
+    assert trial.user_attrs["diagnosis"] == "converging"
+    assert trial.user_attrs["features"]["n_epochs"] == 10
+
+
+def test_pruner_matches_the_decision_core() -> None:
+    rng = np.random.default_rng(0)
+    config = DecisionConfig(warmup_epochs=2, min_peers=2)
+    for _ in range(20):
+        peers = [list(np.cumsum(rng.normal(1, rng.uniform(0.1, 3), 6))) for _ in range(4)]
+        curve = list(np.cumsum(rng.normal(1, rng.uniform(0.1, 3), 5)))
+        study = optuna.create_study(direction="maximize", pruner=GainPruner(config=config))
+        for peer in peers:
+            add_peer(study, peer)
+        trial = study.ask()
+        trial.set_user_attr("gain_curve", curve)
+        frozen = study._storage.get_trial(trial._trial_id)
+        expected = decide(curve, peers, config=config)
+        assert study.pruner.prune(study, frozen) == expected.prune
+        assert study.pruner.decision(study, frozen).reason == expected.reason
+
+
+def test_pruner_without_a_gain_curve_is_a_clear_error() -> None:
+    study = optuna.create_study(pruner=GainPruner())
+    trial = study.ask()
+    trial.set_user_attr("loss", 1.0)
+    trial.report(1.0, 1)
+    with pytest.raises(ValueError, match=r"needs the trial's gain curve.*report_gain.*\['loss'\]"):
+        trial.should_prune()
+
+
+def test_other_pruners_give_a_generic_reason() -> None:
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for _ in range(3):
+        trial = study.ask()
+        for epoch in range(1, 4):
+            trial.report(20.0, epoch)
+        study.tell(trial, 20.0)
+    _, reason = run_epochs(study, SLOW)
+    assert reason == "pruned by MedianPruner at epoch 1"
+
+
+def test_multi_objective_studies_are_pruned_by_the_core() -> None:
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], pruner=GainPruner(warmup_epochs=3)
+    )
+    for curve in (GOOD, OK, [v + 1.0 for v in OK]):
+        trial = study.ask()
+        trial.set_user_attr("gain_curve", curve)
+        study.tell(trial, [curve[-1], 0.0])
+    epochs, reason = run_epochs(study, SLOW, metric=("level", "variability"))
+    assert epochs == 3 and "percentile" in reason
+    trial = study.ask()
+    values = report_gain(trial, GOOD[:4], 4, metric=("level", "variability"))
+    assert isinstance(values, tuple) and len(values) == 2
+    assert 4 not in study._storage.get_trial(trial._trial_id).intermediate_values
+
+
+def test_bad_pruner_arguments() -> None:
+    with pytest.raises(ValueError, match=r"percentile must be between 0 and 100.*p=-5"):
+        GainPruner(percentile=-5)
+    with pytest.raises(ValueError, match=r"warmup_epochs must be an integer >= 1"):
+        GainPruner(warmup_epochs=0)
+
+
+# -- small real studies on digits -----------------------------------------------------------
+
+SPEC = parse_spec(
+    {
+        "name": "tiny",
+        "train": {"dataset": "digits", "model": "digits_lenet", "epochs": 4, "batch_size": 128},
+        "search": {"lr": {"type": "float", "low": 1e-3, "high": 2.0, "log": True}},
+        "pruner": {"warmup_epochs": 2, "min_peers": 2},
+        "sampler": {"type": "random", "seed": 3},
+    }
+)
+
+
+def decisions(rows: list[dict]) -> list[tuple]:
+    return [
+        (r["number"], r["state"], r["params"], r["value"], r["prune_reason"], r["diagnosis"])
+        for r in rows
+    ]
+
+
+def test_test_metrics_change_no_decision(tmp_path: Path) -> None:
+    plain = run_study(SPEC, out_dir=tmp_path / "a", n_trials=6, heartbeat=None)
+    evaluated = run_study(SPEC, out_dir=tmp_path / "b", n_trials=6, eval_test=True, heartbeat=None)
+    assert decisions(plain.rows) == decisions(evaluated.rows)
+    assert all(r["test_acc"] is None for r in plain.rows)
+    assert all(r["test_acc"] is not None for r in evaluated.rows if r["epochs"])
+    assert {r["state"] for r in plain.rows} >= {"complete", "pruned"}
+
+
+def test_resume_keeps_finished_trials_and_tops_up(tmp_path: Path) -> None:
+    first = run_study(SPEC, out_dir=tmp_path, n_trials=3, heartbeat=None)
+    second = run_study(SPEC, out_dir=tmp_path, n_trials=5, heartbeat=None)
+    assert len(second.rows) == 5
+    assert decisions(second.rows)[:3] == decisions(first.rows)
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["best"]["config"]["model"] == "digits_lenet" and (tmp_path / "trials.csv").is_file()
+    again = run_study(SPEC, out_dir=tmp_path, n_trials=5, heartbeat=None)
+    assert decisions(again.rows) == decisions(second.rows)  # nothing to do
+
+
+def test_resume_with_another_spec_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    run_study(SPEC, out_dir=tmp_path, n_trials=2, heartbeat=None)
+    before = (tmp_path / "trials.csv").read_bytes(), (tmp_path / "best.json").read_bytes()
+    other = SPEC.with_train(epochs=6)
+    with pytest.raises(ValueError, match=r"different spec \(sections \['train'\] differ\)"):
+        run_study(other, out_dir=tmp_path, n_trials=4, heartbeat=None)
+    assert ((tmp_path / "trials.csv").read_bytes(), (tmp_path / "best.json").read_bytes()) == before
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 2
+
+
+def test_parallel_workers_share_one_storage(tmp_path: Path) -> None:
+    outcome = run_study(SPEC, out_dir=tmp_path, n_trials=4, workers=2, heartbeat=None)
+    finished = [r for r in outcome.rows if r["state"] in ("complete", "pruned")]
+    assert 4 <= len(finished) <= 5  # trials running when the count is reached still finish
+    assert len({r["number"] for r in outcome.rows}) == len(outcome.rows)
+    assert not [r for r in outcome.rows if r["state"] == "running"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_trials": 0}, r"n_trials must be a positive integer, but got n_trials=0"),
+        ({"n_trials": 2, "workers": 0}, r"workers must be a positive integer"),
+        ({"n_trials": 2, "timeout": -1}, r"timeout must be a positive number of seconds"),
+        ({"n_trials": 2, "heartbeat": -1}, r"heartbeat must be a non-negative integer"),
+    ],
+)
+def test_bad_run_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        run_study(SPEC, out_dir=tmp_path, **kwargs)
+    assert not (tmp_path / "study.db").exists()

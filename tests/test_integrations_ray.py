@@ -1,0 +1,211 @@
+"""Ray Tune back end: GainScheduler on fake results; a two-node loopback cluster with a node
+removed mid-search."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+import pytest
+
+pytest.importorskip("ray.tune")
+
+import ray
+from ray.tune.schedulers import TrialScheduler
+
+from gainsearch.decision import DecisionConfig
+from gainsearch.integrations.optuna import GainPruner
+from gainsearch.integrations.ray import GainScheduler, run_tuner
+from gainsearch.spaces import parse_spec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def feed(scheduler: GainScheduler, trial_id: str, curve: list[float]) -> list[bool]:
+    return [
+        scheduler.observe(trial_id, {"epoch": e, "gain": g}) for e, g in enumerate(curve, start=1)
+    ]
+
+
+def test_same_curves_same_decisions_as_gain_pruner() -> None:
+    rng = np.random.default_rng(1)
+    config = DecisionConfig(warmup_epochs=2, min_peers=2)
+    for _ in range(15):
+        peers = [list(np.cumsum(rng.normal(1, rng.uniform(0.1, 3), 6))) for _ in range(3)]
+        curve = list(np.cumsum(rng.normal(1, rng.uniform(0.1, 3), 6)))
+        scheduler = GainScheduler(config=config)
+        study = optuna.create_study(direction="maximize", pruner=GainPruner(config=config))
+        for i, peer in enumerate(peers):
+            feed(scheduler, f"peer{i}", peer)
+            t = study.ask()
+            t.set_user_attr("gain_curve", peer)
+            study.tell(t, peer[-1])
+        trial = study.ask()
+        for epoch in range(1, len(curve) + 1):
+            trial.set_user_attr("gain_curve", curve[:epoch])
+            frozen = study._storage.get_trial(trial._trial_id)
+            expected = study.pruner.decision(study, frozen)
+            stop = scheduler.observe("me", {"epoch": epoch, "gain": curve[epoch - 1]})
+            assert stop == expected.prune
+            if stop:
+                assert scheduler.stop_reasons["me"] == expected.reason
+                break
+
+
+def test_diverged_stops_at_once_and_grace_period_is_respected() -> None:
+    scheduler = GainScheduler(grace_period=4, min_peers=1)
+    feed(scheduler, "peer", [10.0, 12.0, 13.0, 14.0, 15.0])
+    assert feed(scheduler, "slow", [-10.0, -9.0, -8.0, -7.0]) == [False, False, False, True]
+    assert "percentile" in scheduler.stop_reasons["slow"]
+    assert scheduler.observe("bad", {"epoch": 1, "gain": None}) is True
+    assert scheduler.stop_reasons["bad"].startswith("diverged")
+    assert scheduler.observe("loss", {"epoch": 1, "gain": 3.0, "diverged": True}) is True
+
+
+def test_on_trial_result_returns_ray_decisions() -> None:
+    scheduler = GainScheduler(min_peers=1, grace_period=1)
+    trial = SimpleNamespace(trial_id="t1")
+    assert (
+        scheduler.on_trial_result(None, trial, {"epoch": 1, "gain": 5.0}) == TrialScheduler.CONTINUE
+    )
+    assert (
+        scheduler.on_trial_result(None, trial, {"epoch": 2, "gain": float("nan")})
+        == TrialScheduler.STOP
+    )
+
+
+def test_a_restarted_trial_replaces_its_curve() -> None:
+    scheduler = GainScheduler()
+    feed(scheduler, "t", [1.0, 2.0, 3.0])
+    scheduler.observe("t", {"epoch": 2, "gain": 2.5})
+    assert scheduler.curves["t"] == [1.0, 2.5]
+
+
+def test_missing_metrics_and_bad_arguments() -> None:
+    with pytest.raises(ValueError, match=r"needs 'epoch' and 'gain'.*\['loss'\]"):
+        GainScheduler().observe("t", {"loss": 1.0})
+    with pytest.raises(ValueError, match=r"percentile must be between 0 and 100"):
+        GainScheduler(percentile=200)
+    with pytest.raises(ValueError, match=r"mode must be 'min' or 'max', but got mode='up'"):
+        GainScheduler(mode="up")
+
+
+SPEC = parse_spec(
+    {
+        "name": "ray_e2e",
+        "train": {"dataset": "digits", "model": "digits_lenet", "epochs": 8, "batch_size": 16},
+        "search": {"lr": {"type": "float", "low": 1e-3, "high": 0.05, "log": True}},
+        "pruner": {"warmup_epochs": 3, "min_peers": 2},
+        "sampler": {"type": "tpe", "seed": 0},
+    }
+)
+
+
+def test_bad_tuner_arguments(tmp_path: Path) -> None:
+    multi = parse_spec({**SPEC.to_dict(), "objective": {"metric": ["level", "variability"]}})
+    with pytest.raises(ValueError, match=r"Ray back end optimises one metric"):
+        run_tuner(multi, out_dir=tmp_path, n_trials=2)
+    with pytest.raises(ValueError, match=r"max_concurrent must be a positive integer"):
+        run_tuner(SPEC, out_dir=tmp_path, n_trials=2, max_concurrent=0)
+    with pytest.raises(ValueError, match=r"cpus_per_trial must be a positive number"):
+        run_tuner(SPEC, out_dir=tmp_path, n_trials=2, cpus_per_trial=0)
+
+
+@pytest.fixture
+def two_node_cluster():  # type: ignore[no-untyped-def]
+    from ray.cluster_utils import Cluster
+
+    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"  # set in conftest.py
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False},
+    )
+    worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        yield cluster, worker
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+
+
+def test_two_node_search_survives_losing_a_worker(two_node_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cluster, worker = two_node_cluster
+    assert cluster.address.startswith("127.0.0.1:")
+    ray.init(address=cluster.address, include_dashboard=False)
+    worker_id = worker.node_id
+    removed = threading.Event()
+    results_dir = tmp_path / "out" / "ray_results" / "ray_e2e"
+
+    def remove_worker_mid_trial() -> None:
+        """Once a trial on the worker node has reported 2 epochs, take the node away."""
+        deadline = time.time() + 240
+        while time.time() < deadline and not removed.is_set():
+            for result_file in results_dir.glob("*/result.json"):
+                lines = [json.loads(x) for x in result_file.read_text().splitlines() if x.strip()]
+                if (
+                    len(lines) >= 2
+                    and lines[-1].get("node_id") == worker_id
+                    and lines[-1]["epoch"] < 8
+                ):
+                    cluster.remove_node(worker, allow_graceful=False)
+                    removed.set()
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=remove_worker_mid_trial, daemon=True)
+    killer.start()
+    outcome = run_tuner(
+        SPEC, out_dir=tmp_path / "out", n_trials=4, max_concurrent=2, address=cluster.address
+    )
+    killer.join(timeout=5)
+    assert removed.is_set(), "no trial ran on the worker node"
+    rows = outcome.rows
+    assert len(rows) == 4
+    assert all(r["state"] in ("complete", "pruned") for r in rows), [
+        r["prune_reason"] for r in rows
+    ]
+    nodes = {n for r in rows for n in r["nodes"]}
+    assert worker_id in nodes and len(nodes) == 2  # trials ran on both nodes
+    for r in rows:  # a restarted trial resumed from its checkpoint: no gap, no duplicate epoch
+        assert r["epoch_log"] == list(range(1, r["epochs"] + 1)), r["epoch_log"]
+    moved = [r for r in rows if len(r["nodes"]) == 2]
+    assert moved, "the interrupted trial should have finished on the head node"
+    table = (tmp_path / "out" / "trials.csv").read_text().splitlines()
+    assert table[0].startswith("number,state,lr,value") and len(table) == 5
+    best = json.loads((tmp_path / "out" / "best.json").read_text())
+    assert best["metric"] == "score"
+
+
+def test_a_local_ray_started_by_gainsearch_binds_loopback_only() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import ray\n"
+        "from gainsearch.integrations.ray import connect\n"
+        "assert connect(None)\n"
+        "print(ray.nodes()[0]['NodeManagerAddress'])\n"
+        "ray.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "127.0.0.1"
+
+
+def test_unreachable_address_is_a_clear_error(tmp_path: Path) -> None:
+    started = time.time()
+    with pytest.raises(ValueError, match=r"--address '127.0.0.1:1': cannot connect to a Ray"):
+        run_tuner(SPEC, out_dir=tmp_path, n_trials=1, address="127.0.0.1:1")
+    assert time.time() - started < 120
