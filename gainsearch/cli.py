@@ -433,6 +433,9 @@ def _search_ray(args: argparse.Namespace, spec: Any) -> int:
         )
     print(f"ray results: {outcome.experiment_path}")
     print(f"results:     {args.out}/trials.csv, {args.out}/best.json, {args.out}/spec.yaml")
+    if outcome.interrupted:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
     return 0
 
 

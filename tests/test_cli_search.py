@@ -133,3 +133,49 @@ def test_sigterm_mid_study_then_the_same_command_resumes(tmp_path: Path) -> None
     } == done_before
     study = optuna.load_study(study_name="e2e", storage=storage)
     assert optuna.trial.TrialState.RUNNING not in {t.state for t in study.trials}
+
+
+RAY_SPEC = """\
+name: ray_cli
+train: {dataset: digits, model: digits_lenet, epochs: 10, batch_size: 16}
+search:
+  lr: {type: float, low: 1.0e-3, high: 0.05, log: true}
+pruner: {type: none}
+sampler: {type: tpe, seed: 2}
+"""
+
+
+def test_ray_backend_interrupted_then_resumed_by_the_same_command(tmp_path: Path) -> None:
+    pytest.importorskip("ray.tune")
+    spec = write_spec(tmp_path, RAY_SPEC)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "gainsearch", "search", str(spec), "--backend", "ray"]
+    command += ["--trials", "4", "--max-concurrent", "1", "--out", str(out), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    results = out / "ray_results" / "ray_cli"
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:  # one trial done, one started
+            logs = [p.read_text().count("\n") for p in results.glob("*/result.json")]
+            if len(logs) >= 2 and max(logs) >= 10 and min(logs) >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the search finished before it could be interrupted"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err.decode()[-2000:]
+    rows_before = (out / "trials.csv").read_text().splitlines()
+    assert any(",interrupted," in line for line in rows_before)
+    done_before = [line for line in rows_before[1:] if ",complete," in line]
+    assert done_before
+
+    rerun = subprocess.run(command, env=env, capture_output=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+    rows_after = (out / "trials.csv").read_text().splitlines()
+    assert len(rows_after) == 5
+    assert all(",complete," in line for line in rows_after[1:])
+    for line in done_before:  # finished trials are kept as they were
+        assert line in rows_after

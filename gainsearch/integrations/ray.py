@@ -17,6 +17,8 @@ import json
 import logging
 import math
 import os
+import re
+import signal
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -214,6 +216,7 @@ class RayOutcome:
     experiment_path: str
     rows: list[dict[str, Any]]
     best: dict[str, Any]
+    interrupted: bool = False
 
 
 def make_scheduler(spec: ExperimentSpec) -> TrialScheduler:
@@ -291,6 +294,11 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
             f"--address {address!r}: cannot connect to a Ray cluster there ({err}). Start one "
             "with `ray start --head` and pass its address (auto, host:port or ray://host:10001)."
         ) from None
+
+
+def _stop_gracefully(signum: int, frame: Any) -> None:
+    """SIGTERM during ``fit``: ask Tune to stop as on Ctrl-C (it saves the experiment state)."""
+    os.kill(os.getpid(), signal.SIGUSR1)
 
 
 def _loopback_only() -> None:
@@ -380,6 +388,7 @@ def run_tuner(
         metric, mode = SCORE, spec.modes[0]
         budget = int(train.get("epochs", TrainConfig().epochs))
         scheduler = make_scheduler(spec)
+        stops = _record_stops(scheduler, spec.pruner)
         param_space = {
             **spec.to_ray(),
             GAINSEARCH_KEY: {
@@ -399,6 +408,9 @@ def run_tuner(
             )
             if isinstance(scheduler, GainScheduler):
                 _replay(scheduler, experiment)
+            local = getattr(tuner, "_local_tuner", None)
+            if local is not None:  # restore unpickles the old scheduler: use the recording one
+                local._tune_config.scheduler = scheduler
         else:
             search = ConcurrencyLimiter(
                 OptunaSearch(
@@ -430,14 +442,21 @@ def run_tuner(
                     callbacks=[_ProgressCallback(progress, budget)] if progress else None,
                 ),
             )
-        grid = tuner.fit()
-        reasons = scheduler.stop_reasons if isinstance(scheduler, GainScheduler) else {}
-        reasons = {**_load_reasons(out), **reasons}
+        previous = signal.signal(signal.SIGTERM, _stop_gracefully)
+        try:
+            grid = tuner.fit()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        reasons = {**_load_reasons(out), **stops}
         (out / "stop_reasons.json").write_text(json.dumps(reasons, indent=2) + "\n")
-        rows = result_rows(grid, spec, reasons, budget)
+        client_mode = getattr(tuner, "_local_tuner", None) is None  # ray:// runs Tune remotely
+        rows = result_rows(grid, spec, reasons, budget, client_mode=client_mode)
         best = _best(rows, spec, train)
         write_results(out, spec, rows, best, study_url, spec.name)
-        return RayOutcome(str(grid.experiment_path), rows, best)
+        interrupted = any(r["state"] == "interrupted" for r in rows) or (
+            len(rows) < n_trials and time_budget_s is None
+        )
+        return RayOutcome(str(grid.experiment_path), rows, best, interrupted)
     finally:
         if started:
             ray.shutdown()
@@ -483,6 +502,25 @@ class _ProgressCallback(tune.Callback):
         )
 
 
+def _record_stops(scheduler: TrialScheduler, name: str) -> dict[str, str]:
+    """Trial id -> reason for every trial the scheduler stops (GainScheduler keeps its own)."""
+    if isinstance(scheduler, GainScheduler):
+        return scheduler.stop_reasons
+    stops: dict[str, str] = {}
+    decide_result = scheduler.on_trial_result
+
+    def on_trial_result(tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
+        verdict = decide_result(tune_controller, trial, result)
+        if verdict == TrialScheduler.STOP:
+            stops[trial.trial_id] = (
+                f"stopped at epoch {result.get('epoch')} by the {name} scheduler"
+            )
+        return str(verdict)
+
+    scheduler.on_trial_result = on_trial_result  # type: ignore[method-assign]
+    return stops
+
+
 def _replay(scheduler: GainScheduler, experiment: Path) -> None:
     """Rebuild the scheduler's peer curves from the results already on disk (resume)."""
     for result_file in experiment.glob("*/result.json"):
@@ -510,15 +548,23 @@ def _load_reasons(out: Path) -> dict[str, str]:
 
 
 def result_rows(
-    grid: Any, spec: ExperimentSpec, reasons: dict[str, str], budget: int
+    grid: Any,
+    spec: ExperimentSpec,
+    reasons: dict[str, str],
+    budget: int,
+    *,
+    client_mode: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per trial in the same format as the Optuna back end's table.
 
-    State: ``complete``; ``pruned`` (stopped early by the scheduler, with its reason when the
-    GainScheduler stopped it); ``diverged`` trials count as pruned with that reason; ``failed``.
+    State: ``complete``; ``pruned`` (stopped early by the scheduler, with the reason from
+    ``reasons``; diverged trials count as pruned); ``failed``; ``interrupted`` (shorter than the
+    budget but stopped by no scheduler: the run ended first, resume to finish it). In Ray Client
+    mode (``ray://``) the scheduler runs remotely, so short trials count as pruned.
     """
     rows = []
-    for number, result in enumerate(grid):
+    ordered = sorted(grid, key=_creation_index)  # stable numbering across resumes
+    for number, result in enumerate(ordered):
         metrics = dict(result.metrics or {})
         trial_id = metrics.get("trial_id", "")
         history = result.metrics_dataframe
@@ -548,8 +594,10 @@ def result_rows(
             state, reason = "pruned", f"diverged at epoch {epochs}"
         elif trial_id in reasons:
             state, reason = "pruned", reasons[trial_id]
-        elif epochs < budget:
-            state, reason = "pruned", f"stopped at epoch {epochs} by {spec.pruner} scheduler"
+        elif epochs < budget and client_mode:  # the scheduler ran remotely: no reasons here
+            state, reason = "pruned", f"stopped at epoch {epochs} by the {spec.pruner} scheduler"
+        elif epochs < budget:  # no scheduler stopped it: the run ended first
+            state, reason = "interrupted", "the run stopped before this trial finished"
         else:
             state, reason = "complete", ""
         params = {k: v for k, v in (result.config or {}).items() if k != GAINSEARCH_KEY}
@@ -573,6 +621,13 @@ def result_rows(
             }
         )
     return rows
+
+
+def _creation_index(result: Any) -> tuple[int, str]:
+    """Tune names a trial's folder ``<trainable>_<trial_id>_<index>_<params>_<date>``."""
+    name = Path(str(result.path)).name
+    match = re.match(r"^.+?_[0-9a-f]{5,}_(\d+)_", name)
+    return (int(match.group(1)) if match else 1 << 30, name)
 
 
 def _best(
