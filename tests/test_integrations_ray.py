@@ -209,3 +209,19 @@ def test_unreachable_address_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"--address '127.0.0.1:1': cannot connect to a Ray"):
         run_tuner(SPEC, out_dir=tmp_path, n_trials=1, address="127.0.0.1:1")
     assert time.time() - started < 120
+
+
+def test_diverged_trials_without_a_gain_scheduler(tmp_path: Path) -> None:
+    """A diverged trial reports a NaN score; OptunaSearch must take it (regression)."""
+    spec = parse_spec(
+        {
+            "name": "ray_diverge",
+            "train": {"dataset": "digits", "model": "digits_lenet", "epochs": 3},
+            "search": {"lr": {"type": "float", "low": 5.0, "high": 50.0, "log": True}},
+            "pruner": {"type": "none"},
+        }
+    )
+    outcome = run_tuner(spec, out_dir=tmp_path, n_trials=2, max_concurrent=1)
+    assert [r["state"] for r in outcome.rows] == ["pruned", "pruned"]
+    assert all(r["prune_reason"].startswith("diverged") for r in outcome.rows)
+    assert outcome.best["best"] is None

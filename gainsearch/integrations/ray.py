@@ -183,7 +183,9 @@ def gain_trainable(config: dict[str, Any]) -> None:
                 "epoch": ctx.epoch,
                 "gain": _finite(ctx.record["gain"]),
                 "gain_max": _finite(ctx.record["gain_max"]),
-                SCORE: _finite(gain_score(feats, config=score_config)),
+                # NaN, not None, when diverged: OptunaSearch reports it to Optuna, which
+                # takes floats only (and records the diverged trial as failed in its study)
+                SCORE: float(gain_score(feats, config=score_config)),
                 "level": _finite(feats.level),
                 "trend": _finite(feats.trend),
                 "variability": _finite(feats.variability),
@@ -602,6 +604,7 @@ def result_rows(
             state, reason = "complete", ""
         params = {k: v for k, v in (result.config or {}).items() if k != GAINSEARCH_KEY}
         score = metrics.get(SCORE)
+        score = None if score is None or score != score else float(score)
         rows.append(
             {
                 "number": number,
