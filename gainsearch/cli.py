@@ -7,11 +7,12 @@ input (argparse's convention), without touching results already on disk.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -335,21 +336,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _read_train_spec(path: Path) -> dict[str, Any]:
-    import yaml
+    from gainsearch.spaces import read_yaml_mapping
 
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise CliError(f"--spec {path}: cannot read it: {err}") from err
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise CliError(f"--spec {path} is not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise CliError(
-            f"--spec {path} must hold a mapping of training settings, but holds "
-            f"{type(data).__name__}."
-        )
+    data = read_yaml_mapping(path, what="--spec", expected="a mapping of training settings")
     if isinstance(data.get("train"), dict):
         data = data["train"]
     return data
@@ -386,27 +375,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _search_ray(args: argparse.Namespace, spec: Any) -> int:
-    from tqdm import tqdm
-
     if args.workers != 1:
         raise CliError("--workers belongs to --backend optuna; with ray use --max-concurrent.")
     try:
         from gainsearch.integrations.ray import run_tuner
     except ImportError as err:
         raise CliError(f"{err}") from err
-    bar = tqdm(total=args.trials, unit="trial", disable=args.quiet, file=sys.stderr)
-
-    def progress(counts: dict[str, Any]) -> None:
-        bar.n = min(counts["done"], args.trials)
-        best = counts["best"]
-        bar.set_postfix(
-            pruned=counts["pruned"],
-            running=counts["running"],
-            best="-" if best is None else f"{best:.2f}",
-        )
-        bar.refresh()
-
-    try:
+    with _progress_bar(args) as progress:
         outcome = run_tuner(
             spec,
             out_dir=args.out,
@@ -417,49 +392,23 @@ def _search_ray(args: argparse.Namespace, spec: Any) -> int:
             address=args.address,
             storage_path=args.storage_path,
             storage=args.storage,
+            study_name=args.study_name,
             eval_test=args.eval_test,
             max_failures=args.max_failures,
             time_budget_s=args.timeout,
             progress=progress,
         )
-    finally:
-        bar.close()
-    if not args.quiet:
-        print(format_table(outcome.rows))
-    best = outcome.best.get("best")
-    if best:
-        print(
-            f"best trial: #{best['number']} {best['params']} {best['values']} ({best['diagnosis']})"
-        )
-    print(f"ray results: {outcome.experiment_path}")
-    print(f"results:     {args.out}/trials.csv, {args.out}/best.json, {args.out}/spec.yaml")
-    if outcome.interrupted:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+    where = [f"ray results: {outcome.experiment_path}"]
+    return _report_outcome(args, outcome.rows, outcome.best, where, outcome.interrupted)
 
 
 def _search_optuna(args: argparse.Namespace, spec: Any) -> int:
     import optuna
-    from tqdm import tqdm
-
-    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
 
     from gainsearch.integrations.optuna import redact, run_study
 
-    bar = tqdm(total=args.trials, unit="trial", disable=args.quiet, file=sys.stderr)
-
-    def progress(counts: dict[str, Any]) -> None:
-        bar.n = min(counts["done"], args.trials)
-        best = counts["best"]
-        bar.set_postfix(
-            pruned=counts["pruned"],
-            running=counts["running"],
-            best="-" if best is None else f"{best:.2f}",
-        )
-        bar.refresh()
-
-    try:
+    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
+    with _progress_bar(args) as progress:
         outcome = run_study(
             spec,
             out_dir=args.out,
@@ -472,20 +421,52 @@ def _search_optuna(args: argparse.Namespace, spec: Any) -> int:
             heartbeat=args.heartbeat or None,
             progress=progress,
         )
+    where = [f"study:       {outcome.study_name} in {redact(outcome.storage)}"]
+    return _report_outcome(args, outcome.rows, outcome.best, where, outcome.interrupted)
+
+
+@contextlib.contextmanager
+def _progress_bar(args: argparse.Namespace) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A tqdm bar of finished trials with pruned/running counts and the best score so far."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.trials, unit="trial", disable=args.quiet, file=sys.stderr)
+
+    def progress(counts: dict[str, Any]) -> None:
+        bar.n = min(counts["done"], args.trials)
+        best = counts["best"]
+        bar.set_postfix(
+            pruned=counts["pruned"],
+            running=counts["running"],
+            best="-" if best is None else f"{best:.2f}",
+        )
+        bar.refresh()
+
+    try:
+        yield progress
     finally:
         bar.close()
+
+
+def _report_outcome(
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    best: dict[str, Any],
+    where: list[str],
+    interrupted: bool,
+) -> int:
+    """The end-of-run table, the best trial, where results are; 130 when interrupted."""
     if not args.quiet:
-        print(format_table(outcome.rows))
-    best = outcome.best.get("best")
-    if best:
-        print(
-            f"best trial: #{best['number']} {best['params']} {best['values']} ({best['diagnosis']})"
-        )
-    elif "pareto_front" in outcome.best:
-        print(f"Pareto front: trials {[t['number'] for t in outcome.best['pareto_front']]}")
-    print(f"study:      {outcome.study_name} in {redact(outcome.storage)}")
-    print(f"results:    {args.out}/trials.csv, {args.out}/best.json, {args.out}/spec.yaml")
-    if outcome.interrupted:
+        print(format_table(rows))
+    top = best.get("best")
+    if top:
+        print(f"best trial:  #{top['number']} {top['params']} {top['values']} ({top['diagnosis']})")
+    elif "pareto_front" in best:
+        print(f"Pareto front: trials {[t['number'] for t in best['pareto_front']]}")
+    for line in where:
+        print(line)
+    print(f"results:     {args.out}/trials.csv, {args.out}/best.json, {args.out}/spec.yaml")
+    if interrupted:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
     return 0

@@ -47,7 +47,14 @@ from gainsearch.features import DiagnosisConfig
 from gainsearch.objective import METRICS, ScoreConfig
 from gainsearch.train import TrainConfig
 
-__all__ = ["ExperimentSpec", "ParamSpec", "SpecError", "load_spec", "parse_spec"]
+__all__ = [
+    "ExperimentSpec",
+    "ParamSpec",
+    "SpecError",
+    "load_spec",
+    "parse_spec",
+    "read_yaml_mapping",
+]
 
 TOP_KEYS = ("name", "description", "train", "search", "objective", "pruner", "sampler")
 PARAM_TYPES = ("float", "int", "categorical")
@@ -233,21 +240,32 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         SpecError: unreadable file, invalid YAML, or an invalid spec.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise SpecError(f"spec {path}: cannot read it: {err}") from err
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise SpecError(f"spec {path} is not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise SpecError(f"spec {path} must be a mapping with keys {list(TOP_KEYS)}.")
+    data = read_yaml_mapping(path, what="spec", expected=f"a mapping with keys {list(TOP_KEYS)}")
     data.setdefault("name", path.stem)
     try:
         return parse_spec(data)
     except SpecError as err:
         raise SpecError(f"spec {path}: {err}") from err
+
+
+def read_yaml_mapping(path: Path, *, what: str, expected: str) -> dict[str, Any]:
+    """A YAML file holding a mapping, read with ``yaml.safe_load`` (no Python objects).
+
+    Raises:
+        SpecError: the file cannot be read, is not valid YAML, or is not a mapping; the message
+            names ``what`` and the path.
+    """
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SpecError(f"{what} {path}: cannot read it: {err}") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecError(f"{what} {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise SpecError(f"{what} {path} must hold {expected}, but holds {type(data).__name__}.")
+    return data
 
 
 def parse_spec(data: Mapping[str, Any]) -> ExperimentSpec:

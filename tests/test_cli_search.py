@@ -40,7 +40,7 @@ def test_search_prints_the_table_and_writes_results(
     assert main(["search", str(spec), "--trials", "4", "--out", str(out), "--eval-test"]) == 0
     printed = capsys.readouterr().out
     assert "state" in printed and "diagnosis" in printed and "prune reason" in printed
-    assert "best trial: #" in printed
+    assert "best trial:  #" in printed
     best = json.loads((out / "best.json").read_text())
     assert best["metric"] == "score" and "lr" in best["best"]["params"]
     assert best["storage"].startswith("sqlite:///")

@@ -191,7 +191,7 @@ def test_load_spec_file_errors(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"bad.yaml is not valid YAML"):
         load_spec(bad)
     bad.write_text("- a\n- b\n")
-    with pytest.raises(SpecError, match=r"must be a mapping with keys"):
+    with pytest.raises(SpecError, match=r"must hold a mapping with keys"):
         load_spec(bad)
     bad.write_text("!!python/object/apply:os.system ['echo unsafe']\n")
     with pytest.raises(SpecError, match=r"not valid YAML"):  # safe_load refuses Python tags

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.pruners import BasePruner
+from optuna.pruners import BasePruner, NopPruner
 from optuna.trial import FrozenTrial, TrialState
 
 from gainsearch.data import TensorData, load_dataset
@@ -192,23 +192,16 @@ def report_gain(
     reason = ""
     if diverged or not all(math.isfinite(v) for v in curve):
         reason = decide(curve, diverged=True, config=decision_config).reason
-    elif multi:
-        if not isinstance(pruner, optuna.pruners.NopPruner):
-            verdict = decide(curve, peers, config=decision_config)
-            reason = verdict.reason if verdict.prune else ""
-    elif trial.should_prune():
-        if isinstance(pruner, GainPruner):
-            reason = pruner.decision(trial.study, _frozen(trial)).reason
-        else:
-            reason = f"pruned by {type(pruner).__name__} at epoch {epoch}"
+    elif isinstance(pruner, GainPruner) or (multi and not isinstance(pruner, NopPruner)):
+        # what GainPruner.prune would decide, with the peers already read for the diagnosis
+        verdict = decide(curve, peers, config=decision_config)
+        reason = verdict.reason if verdict.prune else ""
+    elif not multi and trial.should_prune():
+        reason = f"pruned by {type(pruner).__name__} at epoch {epoch}"
     if reason:
         trial.set_user_attr("prune_reason", reason)
         raise optuna.TrialPruned(reason)
     return values[0] if len(values) == 1 else values
-
-
-def _frozen(trial: optuna.Trial) -> FrozenTrial:
-    return trial.study._storage.get_trial(trial._trial_id)
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:

@@ -330,6 +330,7 @@ def run_tuner(
     address: str | None = None,
     storage_path: str | None = None,
     storage: str | None = None,
+    study_name: str | None = None,
     eval_test: bool = False,
     max_failures: int = 3,
     time_budget_s: float | None = None,
@@ -351,6 +352,7 @@ def run_tuner(
         storage: Optuna storage URL of the TPE study behind ``OptunaSearch`` (default
             ``sqlite:///OUT/study.db``): the study opens in optuna-dashboard as on the Optuna
             back end.
+        study_name: Name of the Optuna study and of the Ray experiment (default: the spec's).
         eval_test: Record test metrics per epoch (evaluation only).
         max_failures: Restarts per trial from its last checkpoint (``FailureConfig``).
         time_budget_s: Stop sampling after this many seconds.
@@ -403,7 +405,8 @@ def run_tuner(
         trainable = tune.with_resources(
             gain_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
         )
-        experiment = Path(results_path) / spec.name if "://" not in results_path else None
+        name = study_name or spec.name
+        experiment = Path(results_path) / name if "://" not in results_path else None
         if experiment is not None and Tuner.can_restore(str(experiment)):
             tuner = Tuner.restore(
                 str(experiment), trainable=trainable, resume_errored=True, param_space=param_space
@@ -420,7 +423,7 @@ def run_tuner(
                     metric=metric,
                     mode=mode,
                     storage=study_storage,
-                    study_name=spec.name,
+                    study_name=name,
                 ),
                 max_concurrent=max_concurrent,
             )
@@ -436,7 +439,7 @@ def run_tuner(
                     time_budget_s=time_budget_s,
                 ),
                 run_config=RunConfig(
-                    name=spec.name,
+                    name=name,
                     storage_path=results_path,
                     failure_config=FailureConfig(max_failures=max_failures),
                     checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -454,7 +457,7 @@ def run_tuner(
         client_mode = getattr(tuner, "_local_tuner", None) is None  # ray:// runs Tune remotely
         rows = result_rows(grid, spec, reasons, budget, client_mode=client_mode)
         best = _best(rows, spec, train)
-        write_results(out, spec, rows, best, study_url, spec.name)
+        write_results(out, spec, rows, best, study_url, name)
         interrupted = any(r["state"] == "interrupted" for r in rows) or (
             len(rows) < n_trials and time_budget_s is None
         )
