@@ -51,12 +51,12 @@ def objective(trial: optuna.Trial) -> float:
     return score
 
 
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.create_study(
     direction="maximize",
     sampler=optuna.samplers.TPESampler(seed=0),
     pruner=GainPruner(warmup_epochs=3, min_peers=3),
 )
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 study.optimize(objective, n_trials=12)
 for t in study.trials:
     print(

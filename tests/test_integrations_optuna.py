@@ -231,3 +231,9 @@ def test_bad_run_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         run_study(SPEC, out_dir=tmp_path, **kwargs)
     assert not (tmp_path / "study.db").exists()
+
+
+def test_timeout_stops_starting_new_trials(tmp_path: Path) -> None:
+    outcome = run_study(SPEC, out_dir=tmp_path, n_trials=100, timeout=0.5, heartbeat=None)
+    assert 1 <= len(outcome.rows) < 100
+    assert not [r for r in outcome.rows if r["state"] == "running"]

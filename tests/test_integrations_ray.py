@@ -225,3 +225,17 @@ def test_diverged_trials_without_a_gain_scheduler(tmp_path: Path) -> None:
     assert [r["state"] for r in outcome.rows] == ["pruned", "pruned"]
     assert all(r["prune_reason"].startswith("diverged") for r in outcome.rows)
     assert outcome.best["best"] is None
+
+
+def test_asha_on_the_gain_score_marks_stopped_trials(tmp_path: Path) -> None:
+    spec = parse_spec(
+        {**SPEC.to_dict(), "name": "ray_asha", "pruner": {"type": "asha", "warmup_epochs": 1}}
+    )
+    spec = spec.with_train(batch_size=128, epochs=4)
+    outcome = run_tuner(spec, out_dir=tmp_path, n_trials=4, max_concurrent=2)
+    states = [r["state"] for r in outcome.rows]
+    assert len(states) == 4 and "interrupted" not in states and "failed" not in states
+    for r in outcome.rows:
+        if r["state"] == "pruned":
+            assert r["prune_reason"].startswith(("stopped at epoch", "diverged"))
+            assert r["epochs"] < 4

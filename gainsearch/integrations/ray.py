@@ -392,7 +392,7 @@ def run_tuner(
         metric, mode = SCORE, spec.modes[0]
         budget = int(train.get("epochs", TrainConfig().epochs))
         scheduler = make_scheduler(spec)
-        stops = _record_stops(scheduler, spec.pruner)
+        stops = _record_stops(scheduler, spec.pruner, budget)
         param_space = {
             **spec.to_ray(),
             GAINSEARCH_KEY: {
@@ -507,8 +507,11 @@ class _ProgressCallback(tune.Callback):
         )
 
 
-def _record_stops(scheduler: TrialScheduler, name: str) -> dict[str, str]:
-    """Trial id -> reason for every trial the scheduler stops (GainScheduler keeps its own)."""
+def _record_stops(scheduler: TrialScheduler, name: str, budget: int) -> dict[str, str]:
+    """Trial id -> reason for every trial the scheduler stops before the epoch ``budget``.
+
+    GainScheduler keeps its own reasons; ASHA also says STOP at ``max_t``, a normal completion.
+    """
     if isinstance(scheduler, GainScheduler):
         return scheduler.stop_reasons
     stops: dict[str, str] = {}
@@ -516,7 +519,7 @@ def _record_stops(scheduler: TrialScheduler, name: str) -> dict[str, str]:
 
     def on_trial_result(tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
         verdict = decide_result(tune_controller, trial, result)
-        if verdict == TrialScheduler.STOP:
+        if verdict == TrialScheduler.STOP and int(result.get("epoch", budget)) < budget:
             stops[trial.trial_id] = (
                 f"stopped at epoch {result.get('epoch')} by the {name} scheduler"
             )

@@ -1,0 +1,38 @@
+"""The README's two set-up commands, .ci/run and the packaging agree."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index("```bash") + 1
+    return lines[start : start + 2]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    _, test_command = readme_commands()
+    assert "pytest" in test_command and "ruff check" in test_command and "mypy" in test_command
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci_lines
+
+
+def test_readme_main_job_is_the_digits_search_on_local_ray() -> None:
+    main_job, _ = readme_commands()
+    assert "-c constraints.txt" in main_job
+    assert "gainsearch search search_spaces/digits_lr.yaml --backend ray" in main_job
+    assert "--address" not in main_job  # local Ray
+    assert (ROOT / "search_spaces" / "digits_lr.yaml").is_file()
+
+
+def test_torch_is_pinned_in_constraints_not_in_metadata() -> None:
+    constraints = (ROOT / "constraints.txt").read_text().splitlines()
+    assert "torch==2.13.0" in constraints
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(dep.startswith("torch==") for dep in project["dependencies"])
+    assert set(project["optional-dependencies"]) >= {"ray", "vision", "plot", "dev"}
+    assert project["scripts"]["gainsearch"] == "gainsearch.cli:main"
