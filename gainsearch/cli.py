@@ -154,6 +154,12 @@ def _build_parser() -> argparse.ArgumentParser:
     ray_opts.add_argument(
         "--max-failures", type=int, default=3, help="restarts per trial from its checkpoint (3)"
     )
+    search.add_argument(
+        "--retry-failed",
+        type=int,
+        default=0,
+        help="re-queue a trial whose worker died, up to N times (optuna, needs --heartbeat)",
+    )
     search.add_argument("--data-root", help="override the spec's data_root")
     search.add_argument("--epochs", type=int, help="override the spec's epoch budget")
     search.add_argument(
@@ -300,14 +306,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     resolved = {"train": config.to_dict(), "data": data.summary()}
 
-    bar = tqdm(total=config.epochs, unit="epoch", disable=args.quiet, file=sys.stderr)
     header = f"{'epoch':>5} {'train_loss':>10} {'gain_dB':>8} {'trend':>6}"
     if config.eval_test:
         header += f" {'test_acc':>8}"
-    if not args.quiet:
-        tqdm.write(header)
+    bars: list[Any] = []  # opened at the first epoch: a trial refused on resume prints no bar
 
     def show(ctx: EpochContext) -> None:
+        if not bars:
+            bars.append(
+                tqdm(total=config.epochs, unit="epoch", disable=args.quiet, file=sys.stderr)
+            )
+            if not args.quiet:
+                tqdm.write(header)
+        bar = bars[0]
         feats = ctx.monitor.features()
         row = f"{ctx.epoch:>5} {ctx.record['train_loss']:>10.4f} {ctx.record['gain']:>8.2f}"
         row += f" {feats.trend:>+6.2f}"
@@ -322,7 +333,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train_trial(config, data=data, callbacks=[show], checkpoint_path=checkpoint)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     # The resolved configuration is written only once training ran, so a bad resume (another
     # trial's checkpoint) leaves the directory exactly as it was.
     _write_json(out / "config.json", resolved)
@@ -419,6 +431,7 @@ def _search_optuna(args: argparse.Namespace, spec: Any) -> int:
             workers=args.workers,
             eval_test=args.eval_test,
             heartbeat=args.heartbeat or None,
+            retry_failed=args.retry_failed,
             progress=progress,
         )
     where = [f"study:       {outcome.study_name} in {redact(outcome.storage)}"]
@@ -427,12 +440,18 @@ def _search_optuna(args: argparse.Namespace, spec: Any) -> int:
 
 @contextlib.contextmanager
 def _progress_bar(args: argparse.Namespace) -> Iterator[Callable[[dict[str, Any]], None]]:
-    """A tqdm bar of finished trials with pruned/running counts and the best score so far."""
+    """A tqdm bar of finished trials with pruned/running counts and the best score so far.
+
+    Created on the first update, so a run that fails its argument checks prints only the error.
+    """
     from tqdm import tqdm
 
-    bar = tqdm(total=args.trials, unit="trial", disable=args.quiet, file=sys.stderr)
+    bars: list[Any] = []
 
     def progress(counts: dict[str, Any]) -> None:
+        if not bars:
+            bars.append(tqdm(total=args.trials, unit="trial", disable=args.quiet, file=sys.stderr))
+        bar = bars[0]
         bar.n = min(counts["done"], args.trials)
         best = counts["best"]
         bar.set_postfix(
@@ -445,7 +464,8 @@ def _progress_bar(args: argparse.Namespace) -> Iterator[Callable[[dict[str, Any]
     try:
         yield progress
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
 
 
 def _report_outcome(

@@ -262,7 +262,10 @@ def read_yaml_mapping(path: Path, *, what: str, expected: str) -> dict[str, Any]
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise SpecError(f"{what} {path} is not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError(f"{what} {path} is not valid YAML: {problem}{where}.") from None
     if not isinstance(data, dict):
         raise SpecError(f"{what} {path} must hold {expected}, but holds {type(data).__name__}.")
     return data

@@ -379,8 +379,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         raise ValueError(
-            f"checkpoint {path} is not a readable gainsearch checkpoint (it is loaded with "
-            f"weights_only=True: tensors and plain data only): {err}"
+            f"checkpoint {path} is not a readable gainsearch checkpoint: it is loaded with "
+            f"weights_only=True, which admits tensors and plain data only ({type(err).__name__})."
         ) from err
     required = {"version", "config", "epoch", "model", "optimizer", "monitor", "history", "rng"}
     if not isinstance(state, dict) or not required <= set(state):

@@ -98,7 +98,8 @@ def finished(storage: str) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(states=states)
 
 
-def test_sigterm_mid_study_then_the_same_command_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_mid_study_then_the_same_command_resumes(tmp_path: Path, signum: int) -> None:
     spec = write_spec(tmp_path)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "gainsearch", "search", str(spec), "--trials", "10"]
@@ -111,7 +112,7 @@ def test_sigterm_mid_study_then_the_same_command_resumes(tmp_path: Path) -> None
         while len(finished(storage)) < 2 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert proc.poll() is None, "the study finished before it could be interrupted"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()

@@ -308,8 +308,14 @@ def make_pruner(spec: ExperimentSpec) -> BasePruner:
     return GainPruner(config=spec.decision)
 
 
-def make_storage(url: str, heartbeat: int | None) -> optuna.storages.BaseStorage:
+def make_storage(
+    url: str, heartbeat: int | None, retry_failed: int = 0
+) -> optuna.storages.BaseStorage:
     """An RDB storage (SQLite, PostgreSQL, ...) with heartbeats when ``heartbeat`` is set.
+
+    With heartbeats, a trial whose worker died (no heartbeat for 3 intervals) is marked failed
+    when any worker next starts a trial; ``retry_failed > 0`` then re-queues it with the same
+    parameters, up to that many times (Optuna's ``RetryHeartbeatStaleTrialCallback``).
 
     Raises:
         ValueError: the URL is malformed, its driver is missing, or the database cannot be
@@ -318,6 +324,12 @@ def make_storage(url: str, heartbeat: int | None) -> optuna.storages.BaseStorage
     kwargs: dict[str, Any] = {"engine_kwargs": _engine_kwargs(url)}
     if heartbeat:
         kwargs.update(heartbeat_interval=int(heartbeat), grace_period=3 * int(heartbeat))
+        if retry_failed:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                kwargs["heartbeat_stale_trial_callback"] = (
+                    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=int(retry_failed))
+                )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -351,13 +363,18 @@ def redact(url: str) -> str:
 
 
 def create_study(
-    spec: ExperimentSpec, storage: str, *, study_name: str | None = None, heartbeat: int | None = 10
+    spec: ExperimentSpec,
+    storage: str,
+    *,
+    study_name: str | None = None,
+    heartbeat: int | None = 10,
+    retry_failed: int = 0,
 ) -> optuna.Study:
     """Create or load (resume) the spec's study in ``storage``."""
     name = study_name or spec.name
     kwargs: dict[str, Any] = {"directions": spec.directions}
     return optuna.create_study(
-        storage=make_storage(storage, heartbeat),
+        storage=make_storage(storage, heartbeat, retry_failed),
         study_name=name,
         sampler=make_sampler(spec),
         pruner=make_pruner(spec),
@@ -397,11 +414,14 @@ def _optimize(
     deadline: float | None,
     eval_test: bool,
     heartbeat: int | None,
+    retry_failed: int = 0,
     on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
 ) -> None:
     """One worker: run trials until the study has ``n_trials`` finished ones or time is up."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = create_study(spec, storage, study_name=study_name, heartbeat=heartbeat)
+    study = create_study(
+        spec, storage, study_name=study_name, heartbeat=heartbeat, retry_failed=retry_failed
+    )
     objective = GainObjective(spec, eval_test=eval_test)
     callbacks = [on_trial] if on_trial else []
     while finished_count(study) < n_trials:
@@ -431,6 +451,7 @@ def run_study(
     workers: int = 1,
     eval_test: bool = False,
     heartbeat: int | None = 10,
+    retry_failed: int = 0,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> StudyOutcome:
     """Run (or resume) a study until it holds ``n_trials`` finished trials.
@@ -452,14 +473,23 @@ def run_study(
         eval_test: Record test metrics (evaluation only).
         heartbeat: Heartbeat interval in seconds (``None``/0: off); a trial whose worker died
             is marked failed after 3 intervals.
+        retry_failed: Re-queue a trial marked failed that way, with the same parameters, up to
+            this many times (needs ``heartbeat``).
         progress: Called with counts (``done``, ``pruned``, ``running``, ``best``) as trials end.
     """
     _check_run_args(n_trials, timeout, workers, heartbeat)
+    if isinstance(retry_failed, bool) or not isinstance(retry_failed, int) or retry_failed < 0:
+        raise ValueError(f"retry_failed must be a non-negative integer, but got {retry_failed=}.")
+    if retry_failed and not heartbeat:
+        raise ValueError(
+            f"retry_failed={retry_failed} needs heartbeats to notice a dead worker; set "
+            "heartbeat to a positive number of seconds."
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     name = study_name or spec.name
-    study = create_study(spec, url, study_name=name, heartbeat=heartbeat)
+    study = create_study(spec, url, study_name=name, heartbeat=heartbeat, retry_failed=retry_failed)
     _check_same_space(study, spec)
     deadline = time.time() + timeout if timeout else None
     interrupted = False
@@ -473,10 +503,15 @@ def run_study(
 
             if progress:
                 progress(study_counts(study))
-            _optimize(spec, url, name, n_trials, deadline, eval_test, heartbeat, on_trial)
+            _optimize(
+                spec, url, name, n_trials, deadline, eval_test, heartbeat, retry_failed, on_trial
+            )
         else:
             interrupted = _run_workers(
-                spec, url, name, n_trials, deadline, eval_test, heartbeat, workers, study, progress
+                (spec, url, name, n_trials, deadline, eval_test, heartbeat, retry_failed),
+                workers,
+                study,
+                progress,
             )
     except KeyboardInterrupt:
         interrupted = True
@@ -489,23 +524,18 @@ def run_study(
 
 
 def _run_workers(
-    spec: ExperimentSpec,
-    url: str,
-    name: str,
-    n_trials: int,
-    deadline: float | None,
-    eval_test: bool,
-    heartbeat: int | None,
+    worker_args: tuple[Any, ...],
     workers: int,
     study: optuna.Study,
     progress: Callable[[dict[str, Any]], None] | None,
 ) -> bool:
+    """Run ``workers`` processes of :func:`_optimize` on one storage; True if interrupted."""
     ctx = multiprocessing.get_context("spawn")
     os.environ["GAINSEARCH_WORKER_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=(spec, url, name, n_trials, deadline, eval_test, heartbeat),
+            args=worker_args,
             daemon=False,
         )
         for _ in range(workers)

@@ -1,0 +1,155 @@
+"""A real PostgreSQL-backed parallel search: worker processes on one study, one killed mid-trial.
+
+A PostgreSQL server is started on 127.0.0.1 for this module (Debian's ``postgresql`` package,
+which ``.ci/run`` installs when missing) and stopped after it. Skipped, saying why, only when the
+server binaries or the driver are not there.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = """\
+name: pg
+train: {dataset: digits, model: digits_lenet, epochs: 6, batch_size: 64}
+search:
+  lr: {type: float, low: 1.0e-3, high: 0.1, log: true}
+pruner: {type: none}
+sampler: {type: random, seed: 0}
+"""
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    pytest.importorskip(
+        "psycopg2", reason="psycopg2 is not installed: pip install gainsearch[postgres]"
+    )
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL server binaries not found (Debian: apt-get install postgresql)")
+    run_as: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="gainsearch-pg-"))
+    if os.geteuid() == 0:  # the server refuses to run as root
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL")
+        try:
+            shutil.chown(folder, user="postgres")
+        except (LookupError, PermissionError) as err:
+            pytest.skip(f"no 'postgres' user to run the server as: {err}")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    data, port = folder / "data", _free_port()
+    subprocess.run(
+        [*run_as, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-h 127.0.0.1 -p {port} -k {folder} -c max_connections=100"
+    subprocess.run(
+        [*run_as, pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        conn.autocommit = True
+        conn.cursor().execute("CREATE DATABASE gainsearch")
+        conn.close()
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/gainsearch"
+    finally:
+        subprocess.run(
+            [*run_as, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_parallel_workers_survive_a_killed_worker(postgres_url: str, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    n_trials = 14
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # 3 workers, 2 cores
+    command = [sys.executable, "-m", "gainsearch", "search", str(spec), "--storage", postgres_url]
+    command += ["--trials", str(n_trials), "--heartbeat", "1", "--retry-failed", "2", "--quiet"]
+    workers = [
+        subprocess.Popen(
+            [*command, "--out", str(tmp_path / f"w{i}")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(3)
+    ]
+    try:
+        deadline = time.time() + 120
+        study = None
+        while time.time() < deadline:  # kill worker 0 once all three are in a trial
+            try:
+                study = optuna.load_study(study_name="pg", storage=postgres_url)
+                running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            except KeyError:
+                running = []
+            if len(running) == 3:
+                break
+            time.sleep(0.05)
+        assert study is not None, "the workers never started"
+        before = {t.state for t in study.get_trials(deepcopy=False)}
+        finished_before = len(
+            study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        )
+        os.kill(workers[0].pid, signal.SIGKILL)
+        workers[0].wait(timeout=30)
+        for worker in workers[1:]:
+            _, err = worker.communicate(timeout=300)
+            assert worker.returncode == 0, err.decode()[-3000:]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert TrialState.RUNNING in before
+    trials = optuna.load_study(study_name="pg", storage=postgres_url).get_trials()
+    states = [t.state for t in trials]
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    # the trial of the killed worker is marked failed (heartbeat) and retried with its params
+    assert len(failed) == 1, states
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert len(retried) == 1 and retried[0].params == failed[0].params
+    assert retried[0].state == TrialState.COMPLETE
+    # the study reaches its trial count: nothing running or waiting, no duplicate, none lost
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    assert n_trials <= len(finished) <= n_trials + 2  # surviving workers may each finish one more
+    assert len({t.number for t in trials}) == len(trials)
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    print(
+        f"trials finished when the worker was killed: {finished_before}; after: "
+        f"{len(finished)} finished, {len(failed)} failed (retried), {len(trials)} in all"
+    )
