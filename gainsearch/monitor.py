@@ -22,7 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from gainsearch.spectral import DEFAULT_EPS, Target, _check_in_shape, _check_target, maximum_gain
+from gainsearch.features import CurveFeatures, Diagnosis, compute_features, diagnose
+from gainsearch.spectral import (
+    DEFAULT_EPS,
+    Target,
+    _check_in_shape,
+    _check_target,
+    impulse_probe,
+    maximum_gain,
+)
 
 __all__ = ["GainMonitor", "GainReading"]
 
@@ -203,16 +211,12 @@ class GainMonitor:
         self._history.append(reading)
         return reading
 
-    def features(self, **kwargs: Any) -> Any:
+    def features(self, **kwargs: Any) -> CurveFeatures:
         """:func:`gainsearch.features.compute_features` of the gain curve."""
-        from gainsearch.features import compute_features
-
         return compute_features(self.gains, epochs=self.epochs, **kwargs)
 
-    def diagnose(self, peers: Sequence[Sequence[float]] | None = None, **kwargs: Any) -> Any:
+    def diagnose(self, peers: Sequence[Sequence[float]] | None = None, **kwargs: Any) -> Diagnosis:
         """:func:`gainsearch.features.diagnose` of the gain curve, optionally against peers."""
-        from gainsearch.features import diagnose
-
         return diagnose(self.gains, peers=peers, epochs=self.epochs, **kwargs)
 
     # ---------------------------------------------------------------------------------------
@@ -267,8 +271,6 @@ class GainMonitor:
             if self.probe is not None:
                 probe = self.probe.to(device)
             else:
-                from gainsearch.spectral import impulse_probe
-
                 probe = impulse_probe(self.in_shape, device=device)
             self._probe_cache[device] = probe
         return probe

@@ -54,6 +54,7 @@ __all__ = [
     "load_spec",
     "parse_spec",
     "read_yaml_mapping",
+    "spec_differences",
 ]
 
 TOP_KEYS = ("name", "description", "train", "search", "objective", "pruner", "sampler")
@@ -246,6 +247,19 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         return parse_spec(data)
     except SpecError as err:
         raise SpecError(f"spec {path}: {err}") from err
+
+
+def spec_differences(saved: Mapping[str, Any], spec: ExperimentSpec) -> list[str]:
+    """Sections (``train``, ``search``, ``objective``, ``pruner``) in which a resumed run's
+    saved spec (``ExperimentSpec.to_dict()`` form) differs from ``spec``."""
+    import json
+
+    current = spec.to_dict()
+    return [
+        key
+        for key in ("train", "search", "objective", "pruner")
+        if json.dumps(saved.get(key), sort_keys=True) != json.dumps(current[key], sort_keys=True)
+    ]
 
 
 def read_yaml_mapping(path: Path, *, what: str, expected: str) -> dict[str, Any]:

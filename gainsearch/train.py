@@ -414,22 +414,21 @@ def _train_epoch(
     batch_size: int,
     generator: torch.Generator,
 ) -> float:
-    """One pass over the data; mean training loss, or NaN/inf as soon as a batch diverges."""
+    """One pass over the data; the mean training loss (NaN/inf if the epoch diverged).
+
+    The loss is summed on the model's device and read once per epoch: no host sync per step.
+    """
     model.train()
     order = torch.randperm(x.shape[0], generator=generator).to(x.device)
-    total, count = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[0], batch_size):
         idx = order[start : start + batch_size]
         loss = F.cross_entropy(model(x[idx]), y[idx])
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            return value
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += value * idx.numel()
-        count += idx.numel()
-    return total / count
+        total += loss.detach().to(torch.float64) * idx.numel()
+    return float(total) / x.shape[0]
 
 
 def _evaluate(

@@ -239,3 +239,12 @@ def test_asha_on_the_gain_score_marks_stopped_trials(tmp_path: Path) -> None:
         if r["state"] == "pruned":
             assert r["prune_reason"].startswith(("stopped at epoch", "diverged"))
             assert r["epochs"] < 4
+
+
+def test_resume_with_another_spec_is_refused(tmp_path: Path) -> None:
+    spec = SPEC.with_train(batch_size=256, epochs=2)
+    run_tuner(spec, out_dir=tmp_path, n_trials=1, max_concurrent=1)
+    before = (tmp_path / "trials.csv").read_bytes()
+    with pytest.raises(ValueError, match=r"different spec \(sections \['train'\] differ\)"):
+        run_tuner(spec.with_train(epochs=3), out_dir=tmp_path, n_trials=1, max_concurrent=1)
+    assert (tmp_path / "trials.csv").read_bytes() == before

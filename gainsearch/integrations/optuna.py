@@ -40,8 +40,8 @@ from gainsearch.decision import Decision, DecisionConfig, decide
 from gainsearch.features import compute_features, diagnose
 from gainsearch.monitor import GainMonitor
 from gainsearch.objective import ScoreConfig, curve_metric
-from gainsearch.spaces import ExperimentSpec
-from gainsearch.train import DIVERGED, EpochContext, train_trial
+from gainsearch.spaces import ExperimentSpec, spec_differences
+from gainsearch.train import DIVERGED, EpochContext, TrainConfig, train_trial
 
 __all__ = [
     "GainObjective",
@@ -231,9 +231,9 @@ class GainObjective:
 
     @property
     def data(self) -> TensorData:
-        if self._data is None:
-            probe = self.spec.train_config({k: _first(p) for k, p in self.spec.search.items()})
-            self._data = load_dataset(probe.dataset, probe.data_root)
+        if self._data is None:  # dataset and data_root are never searched (spaces.NOT_SEARCHABLE)
+            fixed = TrainConfig.from_dict(self.spec.train)
+            self._data = load_dataset(fixed.dataset, fixed.data_root)
         return self._data
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
@@ -270,10 +270,6 @@ class GainObjective:
             curve_metric(m, result.monitor.gains, config=self.spec.score) for m in metrics
         )
         return values[0] if len(values) == 1 else values
-
-
-def _first(p: Any) -> Any:
-    return p.choices[0] if p.type == "categorical" else p.low
 
 
 def _finite_or_none(values: list[float]) -> list[float | None]:
@@ -579,16 +575,10 @@ def _check_run_args(n_trials: Any, timeout: Any, workers: Any, heartbeat: Any) -
 def _check_same_space(study: optuna.Study, spec: ExperimentSpec) -> None:
     """A resumed study must have been run with the same spec."""
     saved = study.user_attrs.get("spec")
-    current = spec.to_dict()
     if saved is None:
-        study.set_user_attr("spec", current)
+        study.set_user_attr("spec", spec.to_dict())
         return
-    keys = ("train", "search", "objective", "pruner")
-    differ = [
-        k
-        for k in keys
-        if json.dumps(saved.get(k), sort_keys=True) != json.dumps(current[k], sort_keys=True)
-    ]
+    differ = spec_differences(saved, spec)
     if differ:
         raise ValueError(
             f"study {study.study_name!r} was run with a different spec (sections {differ} "

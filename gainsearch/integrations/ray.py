@@ -28,7 +28,7 @@ from typing import Any
 from gainsearch.decision import DecisionConfig, decide
 from gainsearch.features import diagnose
 from gainsearch.objective import ScoreConfig, gain_score
-from gainsearch.spaces import ExperimentSpec
+from gainsearch.spaces import ExperimentSpec, read_yaml_mapping, spec_differences
 from gainsearch.train import EpochContext, TrainConfig, train_trial
 
 try:
@@ -408,6 +408,7 @@ def run_tuner(
         name = study_name or spec.name
         experiment = Path(results_path) / name if "://" not in results_path else None
         if experiment is not None and Tuner.can_restore(str(experiment)):
+            _check_same_spec(out, spec)
             tuner = Tuner.restore(
                 str(experiment), trainable=trainable, resume_errored=True, param_space=param_space
             )
@@ -504,6 +505,20 @@ class _ProgressCallback(tune.Callback):
                 ),
                 "best": max(scores) if scores else None,
             }
+        )
+
+
+def _check_same_spec(out: Path, spec: ExperimentSpec) -> None:
+    """A resumed experiment must have been run with the same spec (as on the Optuna back end)."""
+    saved_path = out / "spec.yaml"
+    if not saved_path.is_file():
+        return
+    saved = read_yaml_mapping(saved_path, what="saved spec", expected="a spec")
+    differ = spec_differences(saved, spec)
+    if differ:
+        raise ValueError(
+            f"experiment {spec.name!r} in {out} was run with a different spec (sections {differ} "
+            "differ); resume it with the same spec, or pick another --study-name or --out."
         )
 
 
