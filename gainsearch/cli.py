@@ -393,6 +393,7 @@ def _search_ray(args: argparse.Namespace, spec: Any) -> int:
         from gainsearch.integrations.ray import run_tuner
     except ImportError as err:
         raise CliError(f"{err}") from err
+    _quiet_optuna(args)
     with _progress_bar(args) as progress:
         outcome = run_tuner(
             spec,
@@ -415,11 +416,9 @@ def _search_ray(args: argparse.Namespace, spec: Any) -> int:
 
 
 def _search_optuna(args: argparse.Namespace, spec: Any) -> int:
-    import optuna
-
     from gainsearch.integrations.optuna import redact, run_study
 
-    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
+    _quiet_optuna(args)
     with _progress_bar(args) as progress:
         outcome = run_study(
             spec,
@@ -436,6 +435,13 @@ def _search_optuna(args: argparse.Namespace, spec: Any) -> int:
         )
     where = [f"study:       {outcome.study_name} in {redact(outcome.storage)}"]
     return _report_outcome(args, outcome.rows, outcome.best, where, outcome.interrupted)
+
+
+def _quiet_optuna(args: argparse.Namespace) -> None:
+    """Optuna's INFO lines (one per trial) only with --verbose: the progress bar says it."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
 
 
 @contextlib.contextmanager
