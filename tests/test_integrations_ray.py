@@ -227,14 +227,17 @@ def test_diverged_trials_without_a_gain_scheduler(tmp_path: Path) -> None:
     assert outcome.best["best"] is None
 
 
-def test_asha_on_the_gain_score_marks_stopped_trials(tmp_path: Path) -> None:
-    spec = parse_spec(
-        {**SPEC.to_dict(), "name": "ray_asha", "pruner": {"type": "asha", "warmup_epochs": 1}}
-    )
+@pytest.mark.parametrize("pruner", ["asha", "median"])
+def test_ray_schedulers_on_the_gain_score_mark_stopped_trials(tmp_path: Path, pruner: str) -> None:
+    settings = {"type": pruner, "warmup_epochs": 1, "min_peers": 1}
+    spec = parse_spec({**SPEC.to_dict(), "name": f"ray_{pruner}", "pruner": settings})
     spec = spec.with_train(batch_size=128, epochs=4)
-    outcome = run_tuner(spec, out_dir=tmp_path, n_trials=4, max_concurrent=2)
+    wide = {"lr": {"type": "float", "low": 1e-5, "high": 0.05, "log": True}}  # some far too low
+    spec = parse_spec({**spec.to_dict(), "search": wide})
+    outcome = run_tuner(spec, out_dir=tmp_path, n_trials=5, max_concurrent=1)  # deterministic
     states = [r["state"] for r in outcome.rows]
-    assert len(states) == 4 and "interrupted" not in states and "failed" not in states
+    assert len(states) == 5 and "interrupted" not in states and "failed" not in states
+    assert "pruned" in states and "complete" in states, states
     for r in outcome.rows:
         if r["state"] == "pruned":
             assert r["prune_reason"].startswith(("stopped at epoch", "diverged"))
