@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -178,7 +178,6 @@ class Diagnosis:
     features: CurveFeatures
     high_variability_threshold: float
     peers: int = 0
-    details: dict[str, float] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return f"{self.label}: {self.reason}"

@@ -440,10 +440,11 @@ def _evaluate(
     model.eval()
     loss_sum, correct = 0.0, 0
     with torch.no_grad():
-        for start in range(0, x.shape[0], max(batch_size, 256)):
+        step = max(batch_size, 256)  # evaluation only: larger batches, same result
+        for start in range(0, x.shape[0], step):
             xb, yb = (
-                x[start : start + max(batch_size, 256)].to(device),
-                y[start : start + max(batch_size, 256)].to(device),
+                x[start : start + step].to(device),
+                y[start : start + step].to(device),
             )
             logits = model(xb)
             loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))

@@ -37,11 +37,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from gainsearch.data import TensorData, load_dataset
 from gainsearch.decision import Decision, DecisionConfig, decide
-from gainsearch.features import compute_features, diagnose
+from gainsearch.features import diagnose
 from gainsearch.monitor import GainMonitor
 from gainsearch.objective import ScoreConfig, curve_metric
 from gainsearch.spaces import ExperimentSpec, spec_differences
-from gainsearch.train import DIVERGED, EpochContext, TrainConfig, train_trial
+from gainsearch.train import EpochContext, TrainConfig, train_trial
 
 __all__ = [
     "GainObjective",
@@ -171,13 +171,13 @@ def report_gain(
     score_cfg = score_config or decision_config.score
     metrics = (metric,) if isinstance(metric, str) else tuple(metric)
     peers = peer_curves(trial.study, exclude=trial.number)
-    feats = compute_features(curve, config=decision_config.diagnosis)
     diag = diagnose(
         curve,
         peers=peers,
         config=decision_config.diagnosis,
         diverged_epoch=epoch if diverged else None,
     )
+    feats = diag.features  # computed once per epoch, shared with the diagnosis
     values = tuple(curve_metric(m, feats, config=score_cfg) for m in metrics)
     trial.set_user_attr(CURVE_ATTR, curve)
     trial.set_user_attr("features", _jsonable(feats.to_dict()))
@@ -263,9 +263,7 @@ class GainObjective:
             )
 
         result = train_trial(config, data=self.data, callbacks=[on_epoch])
-        trial.set_user_attr("status", result.status)
-        if result.status == DIVERGED:  # pragma: no cover - report_gain prunes it first
-            raise optuna.TrialPruned(result.reason)
+        trial.set_user_attr("status", result.status)  # a diverged trial was pruned by on_epoch
         values = tuple(
             curve_metric(m, result.monitor.gains, config=self.spec.score) for m in metrics
         )
