@@ -1,4 +1,4 @@
-"""Command-line interface: ``gainsearch gain | train | diagnose``.
+"""Command-line interface: ``gainsearch gain | train | search | report | diagnose``.
 
 Every command exits 0 on success and 2 with a one-line ``gainsearch: error: ...`` message on bad
 input (argparse's convention), without touching results already on disk.
@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from gainsearch._files import write_atomic
 
 __all__ = ["main"]
 
@@ -165,8 +167,31 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--eval-test", action="store_true", help="record test metrics per trial (evaluation only)"
     )
-    search.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    search.add_argument(
+        "--progress",
+        choices=("bar", "jsonl", "none"),
+        default="bar",
+        help="bar (default, on stderr), jsonl (one JSON object a line on stdout, for scripts: "
+        "progress events, then one 'done' event instead of the table) or none",
+    )
+    search.add_argument(
+        "--quiet", action="store_true", help="no progress bar and no table (--progress none)"
+    )
+    search.add_argument(
+        "--no-report", action="store_true", help="do not write the HTML report and figures"
+    )
     search.set_defaults(handler=_cmd_search)
+
+    report = sub.add_parser("report", help="figures and a self-contained HTML report of a search")
+    report.add_argument(
+        "run",
+        help="a search's output directory, or an Optuna storage URL (e.g. sqlite:///study.db)",
+    )
+    report.add_argument("--study-name", help="study in the storage (needed if it holds several)")
+    report.add_argument(
+        "--out", type=Path, help="where to write (default: the run directory, or ./report)"
+    )
+    report.set_defaults(handler=_cmd_report)
 
     diag = sub.add_parser("diagnose", help="features and diagnosis of a gain history")
     diag.add_argument(
@@ -368,6 +393,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     }
     if overrides:
         spec = spec.with_train(**overrides)
+    if args.quiet:
+        args.progress = "none"
     if args.backend == "ray":
         return _search_ray(args, spec)
     optuna_only = [
@@ -386,6 +413,18 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return _search_optuna(args, spec)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    try:
+        from gainsearch.report import load_run, write_report
+    except ImportError as err:  # matplotlib missing
+        raise CliError(f"report needs matplotlib: `pip install gainsearch[plot]` ({err}).") from err
+    run = load_run(args.run, args.study_name)
+    path = write_report(run, args.out)
+    print(f"report:      {path}")
+    print(f"figures:     {', '.join(sorted(p.name for p in path.parent.glob('*.png')))}")
+    return 0
+
+
 def _search_ray(args: argparse.Namespace, spec: Any) -> int:
     if args.workers != 1:
         raise CliError("--workers belongs to --backend optuna; with ray use --max-concurrent.")
@@ -394,7 +433,7 @@ def _search_ray(args: argparse.Namespace, spec: Any) -> int:
     except ImportError as err:
         raise CliError(f"{err}") from err
     _quiet_optuna(args)
-    with _progress_bar(args) as progress:
+    with _progress_bar(args) as progress, _stdout_for(args):
         outcome = run_tuner(
             spec,
             out_dir=args.out,
@@ -419,7 +458,7 @@ def _search_optuna(args: argparse.Namespace, spec: Any) -> int:
     from gainsearch.integrations.optuna import redact, run_study
 
     _quiet_optuna(args)
-    with _progress_bar(args) as progress:
+    with _progress_bar(args) as progress, _stdout_for(args):
         outcome = run_study(
             spec,
             out_dir=args.out,
@@ -444,19 +483,44 @@ def _quiet_optuna(args: argparse.Namespace) -> None:
     optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
 
 
+def _stdout_for(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
+    """In ``--progress jsonl`` mode stdout carries JSON lines only: whatever the back end prints
+    (Ray's experiment box, worker logs) goes to stderr meanwhile."""
+    if args.progress == "jsonl":
+        return contextlib.redirect_stdout(sys.stderr)
+    return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def _progress_bar(args: argparse.Namespace) -> Iterator[Callable[[dict[str, Any]], None]]:
     """A tqdm bar of finished trials with pruned/running counts and the best score so far.
 
     Created on the first update, so a run that fails its argument checks prints only the error.
+    With ``--progress jsonl`` each change of the counts is one JSON line on stdout instead.
     """
     from tqdm import tqdm
 
     bars: list[Any] = []
+    last: list[dict[str, Any]] = []
+    stream = sys.stdout  # the real stdout: the back end's own prints go to stderr in jsonl mode
 
     def progress(counts: dict[str, Any]) -> None:
+        if last and last[0] == counts:  # Ray calls on every result: draw changes only
+            return
+        last[:] = [dict(counts)]
+        if args.progress == "jsonl":
+            event = {"event": "progress", "wanted": args.trials, **counts}
+            print(json.dumps(event), file=stream, flush=True)
+            return
         if not bars:
-            bars.append(tqdm(total=args.trials, unit="trial", disable=args.quiet, file=sys.stderr))
+            bars.append(
+                tqdm(
+                    total=args.trials,
+                    unit="trial",
+                    disable=args.progress != "bar",
+                    file=sys.stderr,
+                )
+            )
         bar = bars[0]
         bar.n = min(counts["done"], args.trials)
         best = counts["best"]
@@ -464,6 +528,7 @@ def _progress_bar(args: argparse.Namespace) -> Iterator[Callable[[dict[str, Any]
             pruned=counts["pruned"],
             running=counts["running"],
             best="-" if best is None else f"{best:.2f}",
+            refresh=False,
         )
         bar.refresh()
 
@@ -481,7 +546,22 @@ def _report_outcome(
     where: list[str],
     interrupted: bool,
 ) -> int:
-    """The end-of-run table, the best trial, where results are; 130 when interrupted."""
+    """The end-of-run table, the best trial, where results are, the report; 130 when
+    interrupted (the report is written then too: it shows the trials so far)."""
+    report = _write_search_report(args)
+    if args.progress == "jsonl":
+        states = sorted({r["state"] for r in rows})
+        done = {
+            "event": "done",
+            "interrupted": interrupted,
+            "trials": len(rows),
+            "states": {s: sum(r["state"] == s for r in rows) for s in states},
+            "best": best.get("best"),
+            "out": str(args.out),
+            "report": report,
+        }
+        print(json.dumps(done, default=str), flush=True)
+        return 130 if interrupted else 0
     if not args.quiet:
         print(format_table(rows))
     top = best.get("best")
@@ -492,10 +572,35 @@ def _report_outcome(
     for line in where:
         print(line)
     print(f"results:     {args.out}/trials.csv, {args.out}/best.json, {args.out}/spec.yaml")
+    if report:
+        print(f"report:      {report}")
     if interrupted:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _write_search_report(args: argparse.Namespace) -> str | None:
+    """The HTML report of the search just run; a note (not an error) if matplotlib is missing.
+
+    A failure to draw never fails the search: its results are already on disk.
+    """
+    if args.no_report:
+        return None
+    try:
+        from gainsearch.report import write_report
+    except ImportError:
+        print(
+            "report:      skipped (needs matplotlib: pip install 'gainsearch[plot]'; then "
+            f"`gainsearch report {args.out}`)",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        return str(write_report(args.out))
+    except Exception as err:  # the search itself succeeded: say why and go on
+        logger.warning("the report could not be written: %s: %s", type(err).__name__, err)
+        return None
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -539,11 +644,13 @@ def _fmt(value: Any) -> str:
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from gainsearch.features import DiagnosisConfig, diagnose
 
-    gains, epochs, loss_diverged = _read_history(args.history)
+    gains, epochs, loss_diverged, losses = _read_history(args.history)
     config = DiagnosisConfig()
     if args.window is not None:
         config = config.with_overrides(window=args.window)
-    result = diagnose(gains, epochs=epochs, config=config, diverged_epoch=loss_diverged)
+    result = diagnose(
+        gains, epochs=epochs, config=config, diverged_epoch=loss_diverged, train_loss=losses
+    )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -557,13 +664,18 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     print(f"saturation:        {feats.saturation:.2f}")
     print(f"overfit onset:     {feats.overfit_onset if feats.overfit_onset is not None else '-'}")
     print(f"diverged at epoch: {feats.diverged_epoch if feats.diverged_epoch is not None else '-'}")
+    if losses:
+        print(f"training loss:     {losses[-1]:.4g} (last epoch)")
     print(f"diagnosis:         {result.label}")
     print(f"reason:            {result.reason}")
     return 0
 
 
-def _read_history(path: Path) -> tuple[list[float], list[int] | None, int | None]:
-    """Gains, epochs and the epoch of a non-finite training loss from a history file."""
+def _read_history(
+    path: Path,
+) -> tuple[list[float], list[int] | None, int | None, list[float] | None]:
+    """Gains, epochs, the epoch of a non-finite training loss and the training losses (when
+    every record has one) from a history file."""
     try:
         text = path.read_text()
     except OSError as err:
@@ -577,7 +689,7 @@ def _read_history(path: Path) -> tuple[list[float], list[int] | None, int | None
             raise CliError(
                 f"history {path} is neither JSON nor a text file of one gain (dB) per line: {err}"
             ) from err
-        return values, None, None
+        return values, None, None, None
     if isinstance(data, dict) and isinstance(data.get("history"), list):
         records = data["history"]
         if not all(isinstance(r, dict) and "gain" in r for r in records):
@@ -594,9 +706,12 @@ def _read_history(path: Path) -> tuple[list[float], list[int] | None, int | None
             [float(r["gain"]) for r in records],
             [int(r["epoch"]) for r in records] if all("epoch" in r for r in records) else None,
             loss_diverged,
+            [float(r["train_loss"]) for r in records]
+            if records and all("train_loss" in r for r in records)
+            else None,
         )
     if isinstance(data, list) and all(isinstance(v, (int, float)) for v in data):
-        return [float(v) for v in data], None, None
+        return [float(v) for v in data], None, None, None
     raise CliError(
         f"history {path} must be a history.json written by `gainsearch train` (a mapping with a "
         "'history' list) or a JSON list of gains in dB."
@@ -625,9 +740,7 @@ def _parse_target(text: str | int) -> Any:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

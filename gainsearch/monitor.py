@@ -211,6 +211,30 @@ class GainMonitor:
         self._history.append(reading)
         return reading
 
+    def spectrum(self, model: nn.Module, *, decimals: int = 2) -> dict[str, Any]:
+        """The winning class's amplitude spectrum now, as plain data for storage and figures.
+
+        Measured on this monitor's probe with ``target="winner"`` (the paper's Figures 4-6),
+        whatever the monitor's own target; nothing is appended to the history. Returns
+        ``{"db": C x H x W nested lists (dB, zero frequency centred, rounded to decimals),
+        "winner": int, "gain": float}``; ``db`` is ``None`` if the network has diverged.
+        """
+        result = maximum_gain(
+            model,
+            self._probe_on(model),
+            target="winner",
+            normalize=self.normalize,
+            eps=self.eps,
+            return_spectra=True,
+        )
+        spectra = np.fft.fftshift(np.asarray(result.spectra), axes=(-2, -1))
+        finite = bool(np.all(np.isfinite(spectra)))
+        return {
+            "db": np.round(spectra, decimals).tolist() if finite else None,
+            "winner": result.winner,
+            "gain": result.gain if finite else None,
+        }
+
     def features(self, **kwargs: Any) -> CurveFeatures:
         """:func:`gainsearch.features.compute_features` of the gain curve."""
         return compute_features(self.gains, epochs=self.epochs, **kwargs)

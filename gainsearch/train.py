@@ -17,6 +17,7 @@ import functools
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -245,6 +246,7 @@ def train_trial(
     callbacks: Sequence[Callback] = (),
     checkpoint_path: str | Path | None = None,
     monitor: bool = True,
+    stop_event: threading.Event | None = None,
 ) -> TrialResult:
     """Train one trial on the merged training set, measuring the Maximum Gain every epoch.
 
@@ -257,6 +259,9 @@ def train_trial(
         checkpoint_path: Write a checkpoint here every epoch; if the file exists the trial
             resumes from it (its configuration must match, except ``epochs`` which may grow).
         monitor: Measure the gain (``False`` only for overhead/identity comparisons).
+        stop_event: Once set (e.g. by a signal handler), ``KeyboardInterrupt`` is raised at the
+            next batch boundary: Ctrl-C at a safe point. The epoch under way is not recorded;
+            the last epoch's checkpoint stands, so the trial resumes from it.
 
     Returns:
         A :class:`TrialResult`.
@@ -310,7 +315,9 @@ def train_trial(
     if status == COMPLETED:
         for epoch in range(start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
-            train_loss = _train_epoch(model, optimizer, x_train, y_train, cfg.batch_size, shuffle)
+            train_loss = _train_epoch(
+                model, optimizer, x_train, y_train, cfg.batch_size, shuffle, stop_event
+            )
             record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
             if monitor:
                 reading = gain_monitor.measure(model, epoch)
@@ -360,6 +367,7 @@ def train_trial(
             diverged_epoch=next(
                 (r["epoch"] for r in history if not math.isfinite(r["train_loss"])), None
             ),
+            train_loss=[r["train_loss"] for r in history],
         ),
         model=model,
         data=data.summary(),
@@ -413,15 +421,19 @@ def _train_epoch(
     y: torch.Tensor,
     batch_size: int,
     generator: torch.Generator,
+    stop_event: threading.Event | None = None,
 ) -> float:
     """One pass over the data; the mean training loss (NaN/inf if the epoch diverged).
 
     The loss is summed on the model's device and read once per epoch: no host sync per step.
+    ``KeyboardInterrupt`` before any batch once ``stop_event`` is set.
     """
     model.train()
     order = torch.randperm(x.shape[0], generator=generator).to(x.device)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[0], batch_size):
+        if stop_event is not None and stop_event.is_set():
+            raise KeyboardInterrupt("stop requested")
         idx = order[start : start + batch_size]
         loss = F.cross_entropy(model(x[idx]), y[idx])
         optimizer.zero_grad(set_to_none=True)

@@ -222,6 +222,13 @@ CLI_CASES = [
         ["diagnose", "@text:[1, 2, 3]", "--window", "1"],
         r"window must be an integer >= 2, but got window=1",
     ),
+    (["report", "{tmp}/nope"], r"RUN '.*nope' is neither a search output directory nor a"),
+    (["report", "{tmp}/empty"], r"RUN '.*empty' holds no trials.json"),
+    (
+        ["report", "sqlite:///{study}/study.db", "--study-name", "other"],
+        r"study_name 'other' is not in sqlite:///.*; its studies are \['catalogue'\]",
+    ),
+    (["report", "{tmp}/truncated", "--out", "{tmp}/r"], r"holds no trials.json"),
 ]
 
 

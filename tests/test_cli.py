@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -79,13 +80,25 @@ def test_diagnose_history_and_plain_lists(
     report = json.loads(capsys.readouterr().out)
     assert report["features"]["n_epochs"] == 3
     curve = tmp_path / "curve.json"
-    curve.write_text(json.dumps([float(v) for v in 20 - 15 * np.exp(-np.arange(1, 16) / 3)]))
+    curve.write_text(json.dumps([float(v) for v in 20 - 15 * np.exp(-np.arange(1, 16) / 2)]))
     assert main(["diagnose", str(curve)]) == 0
     assert "converging" in capsys.readouterr().out
     text = tmp_path / "curve.txt"
     text.write_text("1\n2\nnan\n")
     assert main(["diagnose", str(text)]) == 0
     assert "diverged" in capsys.readouterr().out
+    # a history whose training loss reached the fitted threshold: the loss is read too
+    rising = [2.0 + 0.8 * e for e in range(1, 16)]
+    records = [{"epoch": e, "gain": g, "train_loss": 2.0 * 0.5**e} for e, g in enumerate(rising, 1)]
+    fitted = tmp_path / "fitted.json"
+    fitted.write_text(json.dumps({"history": records}))
+    assert main(["diagnose", str(fitted)]) == 0
+    printed = capsys.readouterr().out
+    assert "overfitting" in printed and "from epoch 9" in printed  # 2 * 0.5**9 = 0.0039
+    assert "training loss:     6.104e-05 (last epoch)" in printed
+    fitted.write_text(json.dumps([r["gain"] for r in records]))  # the gains alone
+    assert main(["diagnose", str(fitted)]) == 0
+    assert "lr_too_low" in capsys.readouterr().out
 
 
 def test_gain_of_a_registry_model_and_a_checkpoint(
@@ -217,3 +230,17 @@ def test_console_script(tmp_path: Path) -> None:
         [*command, "--help"], capture_output=True, text=True, env=env, timeout=120
     )
     assert done.returncode == 0 and "diagnose" in done.stdout
+
+
+def test_the_progress_bar_draws_changes_only(capsys: pytest.CaptureFixture[str]) -> None:
+    from gainsearch.cli import _progress_bar
+
+    args = argparse.Namespace(progress="bar", trials=4)
+    same = {"done": 0, "pruned": 0, "running": 2, "best": None}
+    with _progress_bar(args) as progress:
+        for _ in range(20):  # Ray reports every result; most change nothing
+            progress(dict(same))
+        progress({**same, "done": 1, "running": 1, "best": 8.5})
+    drawn = [s for s in capsys.readouterr().err.split("\r") if "trial" in s]
+    assert len(drawn) <= 4, drawn  # tqdm's first draw, one per change, the close
+    assert "best=8.50" in drawn[-1] and "running=1" in drawn[-1]

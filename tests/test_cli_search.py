@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
@@ -173,10 +174,24 @@ def test_ray_backend_interrupted_then_resumed_by_the_same_command(tmp_path: Path
     done_before = [line for line in rows_before[1:] if ",complete," in line]
     assert done_before
 
-    rerun = subprocess.run(command, env=env, capture_output=True, timeout=400)
+    # resumed in JSON-lines mode: stdout carries JSON only (Ray's own prints go to stderr)
+    jsonl = [*command[:-1], "--progress", "jsonl"]
+    rerun = subprocess.run(jsonl, env=env, capture_output=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+    events = [json.loads(line) for line in rerun.stdout.decode().splitlines()]
+    assert events[-1]["event"] == "done" and events[-1]["states"] == {"complete": 4}
+    assert all(e["event"] == "progress" for e in events[:-1])
+    last = events[-2]  # the last trial counted as it ends (Tune sets its status afterwards)
+    assert (last["done"], last["running"], last["pruned"]) == (4, 0, 0)
     rows_after = (out / "trials.csv").read_text().splitlines()
     assert len(rows_after) == 5
     assert all(",complete," in line for line in rows_after[1:])
     for line in done_before:  # finished trials are kept as they were
         assert line in rows_after
+    # the Ray back end leaves the same report as the Optuna one: curves, losses, spectra
+    rows = json.loads((out / "trials.json").read_text())["rows"]
+    for row in rows:
+        assert len(row["gain_curve"]) == len(row["train_loss"]) == row["epochs"] == 10
+        assert np.asarray(row["spectrum"]["db"]).shape == (1, 8, 8)
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 4

@@ -15,6 +15,7 @@ from gainsearch.features import (
     DiagnosisConfig,
     compute_features,
     diagnose,
+    peer_levels,
     peer_variability,
 )
 
@@ -101,6 +102,47 @@ def test_high_variability_is_relative_to_peers() -> None:
     assert diagnose(wobbly, peers=[SATURATING[:5], LINEAR[:5]]).peers == 0
 
 
+FITTING = 2.0 * 0.6**EPOCHS  # training loss: below 0.005 from epoch 12 on (0.0044)
+
+
+def test_a_fitted_training_set_turns_still_rising_into_overfitting() -> None:
+    assert diagnose(LINEAR).label == LR_TOO_LOW  # the gain alone: still rising
+    fitted = diagnose(LINEAR, train_loss=FITTING)
+    assert fitted.label == OVERFITTING and fitted.overfit_onset == 12
+    assert "training set is fitted" in fitted.reason and "from epoch 12" in fitted.reason
+    assert diagnose(LINEAR, train_loss=FITTING[-1]).overfit_onset is None  # last value only
+    on_epochs = diagnose(LINEAR[::2], epochs=EPOCHS[::2], train_loss=FITTING[::2])
+    assert on_epochs.overfit_onset == 13  # the first measured epoch below the threshold
+    # still learning: the loss is not yet small, or the threshold is set lower
+    assert diagnose(LINEAR, train_loss=FITTING + 0.01).label == LR_TOO_LOW
+    lower = DiagnosisConfig(fitted_loss=5e-5)  # the last loss is 7.3e-5
+    assert diagnose(LINEAR, train_loss=FITTING, config=lower).label == LR_TOO_LOW
+    # a jagged curve stays "too high" and divergence wins, whatever the loss says
+    assert diagnose(JAGGED, train_loss=FITTING).label == LR_TOO_HIGH
+    assert diagnose(LINEAR, train_loss=FITTING, diverged_epoch=4).label == DIVERGED
+
+
+def test_a_flat_curve_far_below_its_peers_is_too_low() -> None:
+    stalled = np.full(20, -26.0) + 0.01 * (-1.0) ** EPOCHS  # flat: nothing learned yet
+    assert diagnose(stalled).label == CONVERGING  # alone, flat reads as converged
+    peers = [SATURATING, SATURATING - 2.0, LINEAR[:10]]  # levels 20.0 and 18.0 dB at epoch 20
+    far = diagnose(stalled, peers=peers)
+    assert far.label == LR_TOO_LOW and "46.0 dB below the best of 2 peers" in far.reason
+    assert diagnose(SATURATING - 5.0, peers=peers).label == CONVERGING  # 5 dB below: not far
+    assert diagnose(stalled, peers=peers, min_peers=3).label == CONVERGING  # too few peers
+    wider = DiagnosisConfig(far_below_peers=50.0)
+    assert diagnose(stalled, peers=peers, config=wider).label == CONVERGING
+    np.testing.assert_allclose(
+        peer_levels(peers, 20), [np.median(SATURATING[-5:]), np.median(SATURATING[-5:]) - 2.0]
+    )
+
+
+@pytest.mark.parametrize("bad", ["0.1", [[0.1, 0.2]], {"loss": 0.1}, [0.1, "x"]])
+def test_train_loss_validation(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"train_loss must be a number or a sequence"):
+        diagnose(LINEAR, train_loss=bad)  # type: ignore[arg-type]
+
+
 def test_peer_variability_uses_the_same_epochs() -> None:
     values = peer_variability([JAGGED, LINEAR, [1.0, float("nan"), 2.0, 3.0]], 10)
     expected = np.std(np.diff(JAGGED[:10])[-5:])  # the last W=5 differences up to epoch 10
@@ -112,6 +154,8 @@ def test_config_validation() -> None:
         DiagnosisConfig(window=1)
     with pytest.raises(ValueError, match=r"peer_factor must be a positive number.*-1"):
         DiagnosisConfig(peer_factor=-1)
+    with pytest.raises(ValueError, match=r"fitted_loss must be a positive number.*fitted_loss=0"):
+        DiagnosisConfig(fitted_loss=0)
     with pytest.raises(ValueError, match=r"saturated must be between 0 and 1.*1.5"):
         DiagnosisConfig(saturated=1.5)
     with pytest.raises(ValueError, match=r"unknown diagnosis setting\(s\) \['windw'\]"):

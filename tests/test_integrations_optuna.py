@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+import gainsearch.integrations.optuna as optuna_backend
 from gainsearch.decision import DecisionConfig, decide
 from gainsearch.integrations.optuna import GainPruner, report_gain, run_study
 from gainsearch.spaces import parse_spec
@@ -94,8 +96,15 @@ def test_good_trial_completes_and_records_features() -> None:
     assert epochs == 10 and reason == ""
     trial = study.trials[-1]
     assert trial.user_attrs["gain_curve"] == GOOD
-    assert trial.user_attrs["diagnosis"] == "converging"
+    # still climbing 0.37 dB/epoch at epoch 10: the calibrated rule says "train longer"
+    assert trial.user_attrs["diagnosis"] == "lr_too_low"
     assert trial.user_attrs["features"]["n_epochs"] == 10
+    # the same curve with a fitted training set: overfitting; the decisions do not change
+    fitted = study.ask()
+    for epoch in range(1, len(GOOD) + 1):
+        report_gain(fitted, GOOD[:epoch], epoch, train_loss=[0.5**e for e in range(1, epoch + 1)])
+    assert fitted.user_attrs["diagnosis"] == "overfitting"
+    assert "fitted" in fitted.user_attrs["diagnosis_reason"]
 
 
 def test_pruner_matches_the_decision_core() -> None:
@@ -237,3 +246,89 @@ def test_timeout_stops_starting_new_trials(tmp_path: Path) -> None:
     outcome = run_study(SPEC, out_dir=tmp_path, n_trials=100, timeout=0.5, heartbeat=None)
     assert 1 <= len(outcome.rows) < 100
     assert not [r for r in outcome.rows if r["state"] == "running"]
+
+
+class SignalInFinaliser:
+    """Sends a signal from ``__del__``, where Python drops any exception a handler raises
+    ("Exception ignored ..."): as when a signal lands in SQLAlchemy's weakref clean-up, which
+    once let an interrupted CI study run on to the end."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def __del__(self) -> None:
+        signal.raise_signal(self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_anywhere_fails_the_running_trial_at_the_next_batch_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int
+) -> None:
+    real = optuna_backend.report_gain
+    went_on = []
+
+    def report_then_signal(trial: optuna.Trial, monitor: object, epoch: int, **kw: object) -> None:
+        real(trial, monitor, epoch, **kw)  # type: ignore[arg-type]
+        if trial.number == 1 and epoch == 2:
+            SignalInFinaliser(signum)  # dropped at once: __del__ sends the signal
+            went_on.append(epoch)  # the handler only asked for a stop
+
+    monkeypatch.setattr(optuna_backend, "report_gain", report_then_signal)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    outcome = run_study(SPEC, out_dir=tmp_path, n_trials=5, heartbeat=None)
+    assert outcome.interrupted and went_on == [2]
+    study = optuna.load_study(study_name="tiny", storage=outcome.storage)
+    assert [t.state for t in study.trials][1:] == [TrialState.FAIL]  # no third trial started
+    assert sorted(study.trials[1].intermediate_values) == [1, 2]  # stopped in epoch 3
+    assert {s: signal.getsignal(s) for s in before} == before  # the caller's handlers are back
+    again = run_study(SPEC, out_dir=tmp_path, n_trials=3, heartbeat=None)  # the same call resumes
+    assert not again.interrupted and len(again.rows) == 4  # the failed trial does not count
+
+
+def test_a_second_signal_stops_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = optuna_backend.report_gain
+    reached = []
+
+    def report_then_signal(trial: optuna.Trial, monitor: object, epoch: int, **kw: object) -> None:
+        real(trial, monitor, epoch, **kw)  # type: ignore[arg-type]
+        if trial.number == 0 and epoch == 1:
+            signal.raise_signal(signal.SIGINT)
+            reached.append("after the first")
+            signal.raise_signal(signal.SIGINT)
+            reached.append("after the second")
+
+    monkeypatch.setattr(optuna_backend, "report_gain", report_then_signal)
+    outcome = run_study(SPEC, out_dir=tmp_path, n_trials=5, heartbeat=None)
+    assert outcome.interrupted and reached == ["after the first"]
+    assert [r["state"] for r in outcome.rows] == ["fail"]
+
+
+def test_a_signal_between_trials_stops_before_the_next(tmp_path: Path) -> None:
+    events: list[dict] = []
+
+    def progress(counts: dict) -> None:
+        events.append(counts)
+        if len(events) == 2:  # after the first trial ended
+            SignalInFinaliser(signal.SIGINT)
+
+    outcome = run_study(SPEC, out_dir=tmp_path, n_trials=5, heartbeat=None, progress=progress)
+    assert outcome.interrupted
+    assert [r["state"] for r in outcome.rows] in (["complete"], ["pruned"])
+
+
+def test_an_ignored_signal_stays_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = optuna_backend.report_gain
+
+    def report_then_signal(trial: optuna.Trial, monitor: object, epoch: int, **kw: object) -> None:
+        real(trial, monitor, epoch, **kw)  # type: ignore[arg-type]
+        if trial.number == 0 and epoch == 1:
+            signal.raise_signal(signal.SIGINT)  # as Ctrl-C in the terminal of a nohup job
+
+    monkeypatch.setattr(optuna_backend, "report_gain", report_then_signal)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        outcome = run_study(SPEC, out_dir=tmp_path, n_trials=2, heartbeat=None)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert not outcome.interrupted and len(outcome.rows) == 2

@@ -174,8 +174,15 @@ def test_two_node_search_survives_losing_a_worker(two_node_cluster, tmp_path: Pa
     ]
     nodes = {n for r in rows for n in r["nodes"]}
     assert worker_id in nodes and len(nodes) == 2  # trials ran on both nodes
-    for r in rows:  # a restarted trial resumed from its checkpoint: no gap, no duplicate epoch
-        assert r["epoch_log"] == list(range(1, r["epochs"] + 1)), r["epoch_log"]
+    for r in rows:  # a restarted trial resumed from its last checkpoint: no gap, never back
+        # more than the epoch in flight (Ray delivers results at least once: if the node dies
+        # between an epoch's report and the driver registering its checkpoint, that one epoch
+        # is trained and reported again; seen once in CI), and the curve has one reading each
+        log = r["epoch_log"]
+        assert sorted(set(log)) == list(range(1, r["epochs"] + 1)), log
+        assert log == sorted(log), log
+        assert len(log) - len(set(log)) <= 1, log
+        assert len(r["gain_curve"]) == r["epochs"]
     moved = [r for r in rows if len(r["nodes"]) == 2]
     assert moved, "the interrupted trial should have finished on the head node"
     table = (tmp_path / "out" / "trials.csv").read_text().splitlines()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,27 @@ def test_callbacks_see_each_epoch_and_can_stop(digits: TensorData, tmp_path: Pat
     assert load_checkpoint(ckpt)["status"] == STOPPED
     # a stopped trial stays stopped on resume
     assert train_trial({**FAST, "epochs": 5}, data=digits, checkpoint_path=ckpt).status == STOPPED
+
+
+def test_stop_event_interrupts_at_the_next_batch_and_the_checkpoint_resumes(
+    digits: TensorData, tmp_path: Path
+) -> None:
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def request_stop(ctx: EpochContext) -> None:  # as a signal handler would, mid-epoch
+        seen.append(ctx.epoch)
+        if ctx.epoch == 1:
+            stop.set()
+
+    ckpt = tmp_path / "c.pt"
+    with pytest.raises(KeyboardInterrupt, match="stop requested"):
+        train_trial(
+            FAST, data=digits, callbacks=[request_stop], checkpoint_path=ckpt, stop_event=stop
+        )
+    assert seen == [1] and load_checkpoint(ckpt)["epoch"] == 1
+    resumed = train_trial(FAST, data=digits, checkpoint_path=ckpt, stop_event=threading.Event())
+    assert resumed.gains == train_trial(FAST, data=digits).gains
 
 
 def test_callback_exceptions_propagate_after_the_checkpoint(

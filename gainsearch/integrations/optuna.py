@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
 import math
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ import optuna
 from optuna.pruners import BasePruner, NopPruner
 from optuna.trial import FrozenTrial, TrialState
 
+from gainsearch._files import write_atomic
 from gainsearch.data import TensorData, load_dataset
 from gainsearch.decision import Decision, DecisionConfig, decide
 from gainsearch.features import diagnose
@@ -138,6 +141,7 @@ def report_gain(
     metric: str | Sequence[str] = "score",
     diverged: bool = False,
     score_config: ScoreConfig | None = None,
+    train_loss: Sequence[float] | float | None = None,
 ) -> float | tuple[float, ...]:
     """Report one epoch of a trial's gain to Optuna; prune if the decision core says so.
 
@@ -156,6 +160,8 @@ def report_gain(
             for multi-objective studies, in the study's direction order).
         diverged: The training loss went non-finite (the trial cannot continue).
         score_config: Weights of the score (default: the pruner's, else the default).
+        train_loss: The training loss per epoch so far (or its last value): sharpens the
+            diagnosis (a fitted training set reads as overfitting); no decision uses it.
 
     Returns:
         The metric value(s) of the curve so far.
@@ -176,6 +182,7 @@ def report_gain(
         peers=peers,
         config=decision_config.diagnosis,
         diverged_epoch=epoch if diverged else None,
+        train_loss=train_loss,
     )
     feats = diag.features  # computed once per epoch, shared with the diagnosis
     values = tuple(curve_metric(m, feats, config=score_cfg) for m in metrics)
@@ -248,6 +255,8 @@ class GainObjective:
         def on_epoch(ctx: EpochContext) -> None:
             losses.append(float(ctx.record["train_loss"]))
             trial.set_user_attr("train_loss", _finite_or_none(losses))
+            if ctx.epoch == config.epochs and not ctx.diverged:  # for the report's figure
+                trial.set_user_attr("spectrum", ctx.monitor.spectrum(ctx.model))
             if self.eval_test:  # recorded for evaluation only: nothing below reads them
                 test_acc.append(float(ctx.record["test_acc"]))
                 test_loss.append(float(ctx.record["test_loss"]))
@@ -260,9 +269,12 @@ class GainObjective:
                 metric=metrics,
                 diverged=ctx.diverged,
                 score_config=self.spec.score,
+                train_loss=losses,
             )
 
-        result = train_trial(config, data=self.data, callbacks=[on_epoch])
+        result = train_trial(
+            config, data=self.data, callbacks=[on_epoch], stop_event=_stop_requested
+        )
         trial.set_user_attr("status", result.status)  # a diverged trial was pruned by on_epoch
         values = tuple(
             curve_metric(m, result.monitor.gains, config=self.spec.score) for m in metrics
@@ -393,11 +405,54 @@ def finished_count(study: optuna.Study) -> int:
 
 
 class _Interrupted(KeyboardInterrupt):
-    """SIGTERM, turned into KeyboardInterrupt so Optuna fails the running trial cleanly."""
+    """A stop request (SIGINT/SIGTERM) raised at a safe point: Optuna fails the running trial."""
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise _Interrupted(f"signal {signum}")
+_stop_requested = threading.Event()
+
+
+def _request_stop(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM during a study: stop at the next batch, or before the next trial.
+
+    The first signal only sets a flag, which the trainer checks between batches and
+    :func:`_optimize` between trials. An exception raised in the handler itself would land at
+    any line: inside a finaliser Python drops it ("Exception ignored ... KeyboardInterrupt") and
+    the study runs on (seen in CI); between the start of Optuna's heartbeat thread and its
+    ``with`` block it leaves that non-daemon thread running, so the process never exits (the
+    likely cause of a CI run that wrote its results and then hung). A second signal raises at
+    once.
+    """
+    if _stop_requested.is_set():
+        raise _Interrupted(f"signal {signum} again")
+    _stop_requested.set()
+    os.write(2, b"gainsearch: stopping after the current batch (signal again: at once)\n")
+
+
+def _check_stop() -> None:
+    if _stop_requested.is_set():
+        raise _Interrupted("stop requested")
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM request a stop (main thread only: elsewhere Python does not deliver
+    signals, and the caller's handlers stay). An ignored signal stays ignored (``nohup``, or a
+    background job of a script, whose SIGINT is ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _stop_requested.clear()
+    previous = {
+        s: signal.signal(s, _request_stop)
+        for s in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(s) is not signal.SIG_IGN
+    }
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _stop_requested.clear()
 
 
 def _optimize(
@@ -419,13 +474,15 @@ def _optimize(
     objective = GainObjective(spec, eval_test=eval_test)
     callbacks = [on_trial] if on_trial else []
     while finished_count(study) < n_trials:
+        _check_stop()
         if deadline is not None and time.time() >= deadline:
             break
         study.optimize(objective, n_trials=1, callbacks=callbacks, catch=())
 
 
 def _worker_main(*args: Any) -> None:  # pragma: no cover - runs in a spawned process
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which sends SIGTERM
     threads = int(os.environ.get("GAINSEARCH_WORKER_THREADS", "1"))
     import torch
 
@@ -487,30 +544,36 @@ def run_study(
     _check_same_space(study, spec)
     deadline = time.time() + timeout if timeout else None
     interrupted = False
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        if workers == 1:
+        with _stop_on_signals():
+            if workers == 1:
 
-            def on_trial(s: optuna.Study, _: FrozenTrial) -> None:
+                def on_trial(s: optuna.Study, _: FrozenTrial) -> None:
+                    if progress:
+                        progress(study_counts(s))
+
                 if progress:
-                    progress(study_counts(s))
-
-            if progress:
-                progress(study_counts(study))
-            _optimize(
-                spec, url, name, n_trials, deadline, eval_test, heartbeat, retry_failed, on_trial
-            )
-        else:
-            interrupted = _run_workers(
-                (spec, url, name, n_trials, deadline, eval_test, heartbeat, retry_failed),
-                workers,
-                study,
-                progress,
-            )
+                    progress(study_counts(study))
+                _optimize(
+                    spec,
+                    url,
+                    name,
+                    n_trials,
+                    deadline,
+                    eval_test,
+                    heartbeat,
+                    retry_failed,
+                    on_trial,
+                )
+            else:
+                interrupted = _run_workers(
+                    (spec, url, name, n_trials, deadline, eval_test, heartbeat, retry_failed),
+                    workers,
+                    study,
+                    progress,
+                )
     except KeyboardInterrupt:
         interrupted = True
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     rows = trial_rows(study)
     best = best_summary(study, spec)
     write_results(out, spec, rows, best, url, name)
@@ -538,6 +601,7 @@ def _run_workers(
         proc.start()
     try:
         while any(p.is_alive() for p in procs):
+            _check_stop()
             if progress:
                 progress(study_counts(study))
             time.sleep(1.0)
@@ -624,6 +688,10 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "diagnosis": t.user_attrs.get("diagnosis", ""),
                 "prune_reason": t.user_attrs.get("prune_reason", ""),
                 "test_acc": (t.user_attrs.get("test_acc") or [None])[-1],
+                "gain_curve": list(curve),
+                "train_loss": list(t.user_attrs.get("train_loss", [])),
+                "diagnosis_reason": t.user_attrs.get("diagnosis_reason", ""),
+                "spectrum": t.user_attrs.get("spectrum"),
             }
         )
     return rows
@@ -661,7 +729,8 @@ def write_results(
     url: str,
     name: str,
 ) -> None:
-    """``trials.csv``, ``best.json`` and ``spec.yaml`` in ``out`` (written atomically)."""
+    """``trials.csv``, ``trials.json`` (every row with its curves, read by ``gainsearch report``),
+    ``best.json`` and ``spec.yaml`` in ``out`` (each written atomically)."""
     import yaml
 
     param_names = sorted({k for r in rows for k in r["params"]})
@@ -676,31 +745,43 @@ def write_results(
         "prune_reason",
         "test_acc",
     ]
-    tmp = out / "trials.csv.tmp"
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for r in rows:
-            value = r["value"] if r["value"] is not None else r["values"]
-            writer.writerow(
-                [
-                    r["number"],
-                    r["state"],
-                    *[r["params"].get(p, "") for p in param_names],
-                    value,
-                    r["epochs"],
-                    r["final_gain"],
-                    r["diagnosis"],
-                    r["prune_reason"],
-                    r["test_acc"],
-                ]
-            )
-    tmp.replace(out / "trials.csv")
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(header)
+    for r in rows:
+        value = r["value"] if r["value"] is not None else r["values"]
+        writer.writerow(
+            [
+                r["number"],
+                r["state"],
+                *[r["params"].get(p, "") for p in param_names],
+                value,
+                r["epochs"],
+                r["final_gain"],
+                r["diagnosis"],
+                r["prune_reason"],
+                r["test_acc"],
+            ]
+        )
+    write_atomic(out / "trials.csv", table.getvalue())
+    write_atomic(
+        out / "trials.json",
+        json.dumps({"rows": _finite_json(rows)}, default=_json_default, allow_nan=False) + "\n",
+    )
     payload = {"study_name": name, "storage": redact(url), **best}
-    (out / "best.json.tmp").write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-    (out / "best.json.tmp").replace(out / "best.json")
-    (out / "spec.yaml.tmp").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    (out / "spec.yaml.tmp").replace(out / "spec.yaml")
+    write_atomic(out / "best.json", json.dumps(payload, indent=2, default=_json_default) + "\n")
+    write_atomic(out / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
+
+
+def _finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (strict JSON: no NaN)."""
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+        return None
+    return value
 
 
 def _json_default(value: Any) -> Any:

@@ -176,10 +176,13 @@ def gain_trainable(config: dict[str, Any]) -> None:
         def report(ctx: EpochContext) -> None:
             curve = ctx.monitor.gains
             diag = diagnose(
-                curve, epochs=ctx.monitor.epochs, diverged_epoch=ctx.epoch if ctx.diverged else None
+                curve,
+                epochs=ctx.monitor.epochs,
+                diverged_epoch=ctx.epoch if ctx.diverged else None,
+                train_loss=[r["train_loss"] for r in ctx.history],
             )
             feats = diag.features
-            metrics = {
+            metrics: dict[str, Any] = {
                 "epoch": ctx.epoch,
                 "gain": _finite(ctx.record["gain"]),
                 "gain_max": _finite(ctx.record["gain_max"]),
@@ -195,6 +198,8 @@ def gain_trainable(config: dict[str, Any]) -> None:
                 "diverged": bool(ctx.diverged),
                 "node_id": ray.get_runtime_context().get_node_id(),
             }
+            if ctx.epoch == train_config.epochs and not ctx.diverged:  # the report's figure
+                metrics["spectrum"] = ctx.monitor.spectrum(ctx.model)
             if train_config.eval_test:  # evaluation only: the scheduler never reads these
                 metrics["test_acc"] = ctx.record["test_acc"]
                 metrics["test_loss"] = _finite(ctx.record["test_loss"])
@@ -415,8 +420,14 @@ def run_tuner(
             if isinstance(scheduler, GainScheduler):
                 _replay(scheduler, experiment)
             local = getattr(tuner, "_local_tuner", None)
-            if local is not None:  # restore unpickles the old scheduler: use the recording one
+            if local is not None:
+                # restore unpickles the old scheduler and the old run's callbacks, whose progress
+                # closure would write to the stream of the old run (jsonl events went to stderr):
+                # use the recording scheduler and this run's progress
                 local._tune_config.scheduler = scheduler
+                local._run_config.callbacks = (
+                    [_ProgressCallback(progress, budget)] if progress else None
+                )
         else:
             search = ConcurrencyLimiter(
                 OptunaSearch(
@@ -473,36 +484,39 @@ class _ProgressCallback(tune.Callback):
         self.progress = progress
         self.budget = budget
 
+    # Tune calls these before it sets the trial's status: count the trial as ended here, or
+    # the last trial never shows (the bar ended at 11/12).
     def on_trial_complete(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
-        self._emit(trials)
+        self._emit(trials, ended={trial.trial_id: Trial.TERMINATED})
 
     def on_trial_error(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
-        self._emit(trials)
+        self._emit(trials, ended={trial.trial_id: Trial.ERROR})
 
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
     ) -> None:
         self._emit(trials)
 
-    def _emit(self, trials: list[Trial]) -> None:
-        done = sum(t.status in (Trial.TERMINATED, Trial.ERROR) for t in trials)
-        scores = [
+    def _emit(self, trials: list[Trial], ended: dict[str, str] | None = None) -> None:
+        status = {t.trial_id: (ended or {}).get(t.trial_id, t.status) for t in trials}
+        terminated = [t for t in trials if status[t.trial_id] == Trial.TERMINATED]
+        scores = [  # completed trials only, as on the Optuna back end: the best never drops
             float(t.last_result[SCORE])
-            for t in trials
-            if t.last_result and t.last_result.get(SCORE) is not None
+            for t in terminated
+            if t.last_result
+            and t.last_result.get("epoch", 0) >= self.budget
+            and t.last_result.get(SCORE) is not None
+            and math.isfinite(float(t.last_result[SCORE]))
         ]
         self.progress(
             {
-                "done": done,
-                "running": sum(t.status == Trial.RUNNING for t in trials),
-                "pruned": sum(
-                    t.status == Trial.TERMINATED and t.last_result.get("epoch", 0) < self.budget
-                    for t in trials
-                ),
+                "done": sum(s in (Trial.TERMINATED, Trial.ERROR) for s in status.values()),
+                "running": sum(s == Trial.RUNNING for s in status.values()),
+                "pruned": sum(t.last_result.get("epoch", 0) < self.budget for t in terminated),
                 "best": max(scores) if scores else None,
             }
         )
@@ -592,24 +606,27 @@ def result_rows(
         trial_id = metrics.get("trial_id", "")
         history = result.metrics_dataframe
         curve: list[float | None] = []
+        losses: list[float | None] = []
         nodes: list[str] = []
         epoch_log: list[int] = []
         if history is not None and "gain" in history:
             epoch_log = [int(e) for e in history["epoch"] if e == e]  # as reported, in order
-            by_epoch: dict[int, Any] = {}
-            for epoch, gain, node in zip(
+            missing = [None] * len(history)
+            by_epoch: dict[int, Any] = {}  # the last reading of each epoch (a replay repeats one)
+            for epoch, gain, loss, node in zip(
                 history["epoch"],
                 history["gain"],
-                history.get("node_id", [None] * len(history)),
+                history.get("train_loss", missing),
+                history.get("node_id", missing),
                 strict=False,
             ):
                 if epoch == epoch:  # not NaN
-                    by_epoch[int(epoch)] = (gain, node)
-            curve = [
-                None if g is None or g != g else float(g)
-                for g, _ in (by_epoch[e] for e in sorted(by_epoch))
-            ]
-            nodes = sorted({str(n) for _, n in by_epoch.values() if n})
+                    by_epoch[int(epoch)] = (gain, loss, node)
+            readings = [by_epoch[e] for e in sorted(by_epoch)]
+            curve = [None if g is None or g != g else float(g) for g, _, _ in readings]
+            if "train_loss" in history:
+                losses = [None if v is None or v != v else float(v) for _, v, _ in readings]
+            nodes = sorted({str(n) for _, _, n in by_epoch.values() if n})
         epochs = int(metrics.get("epoch", len(curve)) or 0)
         if result.error is not None:
             state, reason = "failed", str(result.error).splitlines()[0]
@@ -642,6 +659,9 @@ def result_rows(
                 "prune_reason": reason,
                 "test_acc": metrics.get("test_acc"),
                 "nodes": nodes,
+                "train_loss": losses,
+                "diagnosis_reason": "",
+                "spectrum": metrics.get("spectrum"),
             }
         )
     return rows
