@@ -455,6 +455,10 @@ def _stop_on_signals() -> Iterator[None]:
         _stop_requested.clear()
 
 
+# Wall-clock time: spawned workers compare it with the parent's deadline. Tests replace it.
+_now = time.time
+
+
 def _optimize(
     spec: ExperimentSpec,
     storage: str,
@@ -475,7 +479,7 @@ def _optimize(
     callbacks = [on_trial] if on_trial else []
     while finished_count(study) < n_trials:
         _check_stop()
-        if deadline is not None and time.time() >= deadline:
+        if deadline is not None and _now() >= deadline:
             break
         study.optimize(objective, n_trials=1, callbacks=callbacks, catch=())
 
@@ -519,7 +523,7 @@ def run_study(
         n_trials: Finished trials wanted in the study (>= 1).
         storage: Optuna storage URL (default ``sqlite:///OUT/study.db``).
         study_name: Default: the spec's name.
-        timeout: Seconds after which no new trial starts.
+        timeout: Seconds, counted from this call, after which no new trial starts.
         workers: Parallel worker processes.
         eval_test: Record test metrics (evaluation only).
         heartbeat: Heartbeat interval in seconds (``None``/0: off); a trial whose worker died
@@ -542,7 +546,7 @@ def run_study(
     name = study_name or spec.name
     study = create_study(spec, url, study_name=name, heartbeat=heartbeat, retry_failed=retry_failed)
     _check_same_space(study, spec)
-    deadline = time.time() + timeout if timeout else None
+    deadline = _now() + timeout if timeout else None
     interrupted = False
     try:
         with _stop_on_signals():
