@@ -133,7 +133,11 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--trials", type=int, default=20, help="finished trials wanted in the study (20)"
     )
-    search.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    search.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds after which no new trial starts; running trials finish",
+    )
     search.add_argument(
         "--storage", help="Optuna storage URL of the study (default sqlite:///OUT/study.db)"
     )
@@ -447,7 +451,7 @@ def _search_ray(args: argparse.Namespace, spec: Any) -> int:
             study_name=args.study_name,
             eval_test=args.eval_test,
             max_failures=args.max_failures,
-            time_budget_s=args.timeout,
+            timeout=args.timeout,
             progress=progress,
         )
     where = [f"ray results: {outcome.experiment_path}"]
@@ -549,11 +553,14 @@ def _report_outcome(
     """The end-of-run table, the best trial, where results are, the report; 130 when
     interrupted (the report is written then too: it shows the trials so far)."""
     report = _write_search_report(args)
+    finished = sum(r["state"] in ("complete", "pruned") for r in rows)
+    timed_out = bool(args.timeout) and not interrupted and finished < args.trials
     if args.progress == "jsonl":
         states = sorted({r["state"] for r in rows})
         done = {
             "event": "done",
             "interrupted": interrupted,
+            "timed_out": timed_out,
             "trials": len(rows),
             "states": {s: sum(r["state"] == s for r in rows) for s in states},
             "best": best.get("best"),
@@ -577,6 +584,12 @@ def _report_outcome(
     if interrupted:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
+    if timed_out:
+        print(
+            f"timeout:     {finished} of {args.trials} trials finished in {args.timeout:g} s; run "
+            "the same command again for the rest",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -55,6 +55,32 @@ def test_search_prints_the_table_and_writes_results(
     assert len(figure.data) == 4
 
 
+def test_timeout_says_so_and_the_same_command_adds_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gainsearch.integrations.optuna as optuna_backend
+
+    ticks = iter(range(100))  # 1 s per reading: deadline 2.5, then trials at 1 and 2, stop at 3
+    monkeypatch.setattr(optuna_backend, "_now", lambda: float(next(ticks)))
+    spec = write_spec(tmp_path, SPEC.replace("epochs: 6", "epochs: 2"))
+    argv = ["search", str(spec), "--trials", "4", "--timeout", "2.5", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--no-report", "--progress", "jsonl"]) == 0
+    done = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert done["timed_out"] is True and done["interrupted"] is False and done["trials"] == 2
+    monkeypatch.setattr(optuna_backend, "_now", lambda: 0.0)
+    assert main([*argv, "--no-report", "--progress", "none"]) == 0
+    captured = capsys.readouterr()
+    assert "timeout:" not in captured.err
+    assert len((tmp_path / "o" / "trials.csv").read_text().splitlines()) == 1 + 4
+    ticks = iter(range(100))
+    monkeypatch.setattr(optuna_backend, "_now", lambda: float(next(ticks)))
+    more = ["--trials", "9", "--no-report", "--progress", "none"]
+    assert main([*argv, *more]) == 0
+    assert "timeout:     6 of 9 trials finished in 2.5 s; run the same command again" in (
+        capsys.readouterr().err
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "match"),
     [

@@ -258,3 +258,38 @@ def test_resume_with_another_spec_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"different spec \(sections \['train'\] differ\)"):
         run_tuner(spec.with_train(epochs=3), out_dir=tmp_path, n_trials=1, max_concurrent=1)
     assert (tmp_path / "trials.csv").read_bytes() == before
+
+
+def test_timeout_lets_running_trials_finish_and_the_same_call_continues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``timeout`` means what it means on the Optuna back end. Tune's ``time_budget_s`` (used
+    before) stopped the running trials, left them "interrupted", and carried its spent budget
+    over to the resumed run, which then started nothing and said "interrupted" again."""
+    import gainsearch.integrations.ray as ray_backend
+
+    started: list[str] = []
+    create = ray_backend._DeadlineSearch.create_trial_if_possible
+
+    def counting(self, spec):  # type: ignore[no-untyped-def]
+        trial = create(self, spec)
+        if trial is not None:
+            started.append(trial.trial_id)
+        return trial
+
+    monkeypatch.setattr(ray_backend._DeadlineSearch, "create_trial_if_possible", counting)
+    # time stands still until two trials have started, then the 60 s are up
+    monkeypatch.setattr(ray_backend, "_now", lambda: 0.0 if len(started) < 2 else 1e12)
+    spec = SPEC.with_train(batch_size=256, epochs=2)
+    first = run_tuner(spec, out_dir=tmp_path, n_trials=5, max_concurrent=2, timeout=60)
+    assert len(first.rows) == 2 and not first.interrupted
+    assert {r["state"] for r in first.rows} <= {"complete", "pruned"}, first.rows
+    assert all(r["epochs"] == 2 for r in first.rows if r["state"] == "complete")
+
+    # later: past the first deadline, not the new one (the restored search gets the new one)
+    monkeypatch.setattr(ray_backend, "_now", lambda: 1000.0)
+    again = run_tuner(spec, out_dir=tmp_path, n_trials=5, max_concurrent=2, timeout=60)
+    assert len(again.rows) == 5 and not again.interrupted
+    assert [(r["trial_id"], r["value"]) for r in again.rows[:2]] == [
+        (r["trial_id"], r["value"]) for r in first.rows
+    ]

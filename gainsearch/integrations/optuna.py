@@ -627,11 +627,18 @@ def _run_workers(
     return False
 
 
+def check_timeout(timeout: Any) -> None:
+    """``timeout`` (both back ends) is None or a positive number of seconds."""
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    ):
+        raise ValueError(f"timeout must be a positive number of seconds, but got {timeout=}.")
+
+
 def _check_run_args(n_trials: Any, timeout: Any, workers: Any, heartbeat: Any) -> None:
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise ValueError(f"n_trials must be a positive integer, but got n_trials={n_trials!r}.")
-    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds, but got {timeout=}.")
+    check_timeout(timeout)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, but got workers={workers!r}.")
     if heartbeat is not None and (not isinstance(heartbeat, int) or heartbeat < 0):

@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ try:
     from ray import tune
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+    from ray.tune.search import Searcher, SearchGenerator
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "gainsearch.integrations.ray needs Ray Tune: pip install 'gainsearch[ray]'"
@@ -338,7 +340,7 @@ def run_tuner(
     study_name: str | None = None,
     eval_test: bool = False,
     max_failures: int = 3,
-    time_budget_s: float | None = None,
+    timeout: float | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> RayOutcome:
     """Run (or resume) the spec's search on Ray Tune.
@@ -360,16 +362,26 @@ def run_tuner(
         study_name: Name of the Optuna study and of the Ray experiment (default: the spec's).
         eval_test: Record test metrics per epoch (evaluation only).
         max_failures: Restarts per trial from its last checkpoint (``FailureConfig``).
-        time_budget_s: Stop sampling after this many seconds.
+        timeout: Seconds, counted from this call, after which no new trial starts; the running
+            ones finish (as on the Optuna back end), and running the call again gets a new
+            timeout. Tune's own ``time_budget_s`` is not used: it stops the running trials, and
+            its spent budget carries over to a resumed run, which then starts nothing.
         progress: Called with counts as results arrive.
     """
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from gainsearch.integrations.optuna import make_sampler, make_storage, write_results
+    from gainsearch.integrations.optuna import (
+        check_timeout,
+        make_sampler,
+        make_storage,
+        write_results,
+    )
 
     _check_args(spec, n_trials, max_concurrent, cpus_per_trial, gpus_per_trial, max_failures)
+    check_timeout(timeout)
+    deadline = _now() + timeout if timeout else None
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     train = dict(spec.train)
@@ -425,11 +437,15 @@ def run_tuner(
                 # closure would write to the stream of the old run (jsonl events went to stderr):
                 # use the recording scheduler and this run's progress
                 local._tune_config.scheduler = scheduler
+                local._tune_config.search_alg = _DeadlineSearch.renew(
+                    local._tune_config.search_alg, deadline
+                )
+                local._tune_config.time_budget_s = None  # a run from before the deadline
                 local._run_config.callbacks = (
                     [_ProgressCallback(progress, budget)] if progress else None
                 )
         else:
-            search = ConcurrencyLimiter(
+            limited = ConcurrencyLimiter(
                 OptunaSearch(
                     sampler=make_sampler(spec),
                     metric=metric,
@@ -445,10 +461,9 @@ def run_tuner(
                 tune_config=TuneConfig(
                     metric=metric,
                     mode=mode,
-                    search_alg=search,
+                    search_alg=_DeadlineSearch(limited, deadline),
                     scheduler=scheduler,
                     num_samples=n_trials,
-                    time_budget_s=time_budget_s,
                 ),
                 run_config=RunConfig(
                     name=name,
@@ -471,12 +486,36 @@ def run_tuner(
         best = _best(rows, spec, train)
         write_results(out, spec, rows, best, study_url, name)
         interrupted = any(r["state"] == "interrupted" for r in rows) or (
-            len(rows) < n_trials and time_budget_s is None
+            len(rows) < n_trials and not (deadline is not None and _now() >= deadline)
         )
         return RayOutcome(str(grid.experiment_path), rows, best, interrupted)
     finally:
         if started:
             ray.shutdown()
+
+
+_now = time.time  # the clock of --timeout; tests replace it
+
+
+class _DeadlineSearch(SearchGenerator):
+    """Tune's search generator, finished once ``deadline`` (``_now()``) has passed: no new
+    trial starts and Tune ends when the running ones have finished."""
+
+    def __init__(self, searcher: Searcher, deadline: float | None) -> None:
+        super().__init__(searcher)
+        self.deadline = deadline
+
+    @classmethod
+    def renew(cls, search_alg: Any, deadline: float | None) -> _DeadlineSearch:
+        """The restored search algorithm with this run's deadline (the pickled one is old)."""
+        if isinstance(search_alg, cls):
+            search_alg.deadline = deadline
+            return search_alg
+        return cls(search_alg, deadline)  # a run started before there was a deadline
+
+    def is_finished(self) -> bool:
+        timed_out = self.deadline is not None and _now() >= self.deadline
+        return timed_out or super().is_finished()
 
 
 class _ProgressCallback(tune.Callback):
