@@ -115,6 +115,8 @@ def test_bad_tuner_arguments(tmp_path: Path) -> None:
         run_tuner(SPEC, out_dir=tmp_path, n_trials=2, max_concurrent=0)
     with pytest.raises(ValueError, match=r"cpus_per_trial must be a positive number"):
         run_tuner(SPEC, out_dir=tmp_path, n_trials=2, cpus_per_trial=0)
+    with pytest.raises(ValueError, match=r"timeout must be a positive number of seconds, but got "):
+        run_tuner(SPEC, out_dir=tmp_path, n_trials=2, timeout=-5)
 
 
 @pytest.fixture
