@@ -308,13 +308,7 @@ def peer_variability(
     """
     cfg = config or DiagnosisConfig()
     out = []
-    for peer in peers:
-        values = np.asarray(peer, dtype=np.float64).ravel()
-        if values.size < n_epochs:
-            continue
-        head = values[:n_epochs]
-        if not np.all(np.isfinite(head)):
-            continue
+    for head in _peer_heads(peers, n_epochs):
         diffs = np.diff(head)
         value = _spread(diffs[: cfg.window] if early else diffs[-cfg.window :])
         if math.isfinite(value):
@@ -331,12 +325,14 @@ def peer_levels(
     """Level of each peer curve over its first ``n_epochs`` readings (the same epochs as the
     curve judged); peers shorter than that or non-finite there are left out."""
     cfg = config or DiagnosisConfig()
-    out = []
-    for peer in peers:
-        values = np.asarray(peer, dtype=np.float64).ravel()
-        if values.size >= n_epochs and np.all(np.isfinite(values[:n_epochs])):
-            out.append(float(np.median(values[:n_epochs][-cfg.window :])))
-    return np.asarray(out, dtype=np.float64)
+    heads = _peer_heads(peers, n_epochs)
+    return np.asarray([np.median(head[-cfg.window :]) for head in heads], dtype=np.float64)
+
+
+def _peer_heads(peers: Sequence[Sequence[float] | np.ndarray], n_epochs: int) -> list[np.ndarray]:
+    """The first ``n_epochs`` readings of each peer that reached them with finite gains."""
+    heads = [np.asarray(peer, dtype=np.float64).ravel()[:n_epochs] for peer in peers]
+    return [h for h in heads if h.size == n_epochs and np.all(np.isfinite(h))]
 
 
 def _loss_curve(train_loss: Sequence[float] | float | np.ndarray | None) -> np.ndarray:
