@@ -254,14 +254,14 @@ class GainObjective:
 
         def on_epoch(ctx: EpochContext) -> None:
             losses.append(float(ctx.record["train_loss"]))
-            trial.set_user_attr("train_loss", _finite_or_none(losses))
+            trial.set_user_attr("train_loss", _finite_json(losses))
             if ctx.epoch == config.epochs and not ctx.diverged:  # for the report's figure
                 trial.set_user_attr("spectrum", ctx.monitor.spectrum(ctx.model))
             if self.eval_test:  # recorded for evaluation only: nothing below reads them
                 test_acc.append(float(ctx.record["test_acc"]))
                 test_loss.append(float(ctx.record["test_loss"]))
                 trial.set_user_attr("test_acc", test_acc)
-                trial.set_user_attr("test_loss", _finite_or_none(test_loss))
+                trial.set_user_attr("test_loss", _finite_json(test_loss))
             report_gain(
                 trial,
                 ctx.monitor,
@@ -280,10 +280,6 @@ class GainObjective:
             curve_metric(m, result.monitor.gains, config=self.spec.score) for m in metrics
         )
         return values[0] if len(values) == 1 else values
-
-
-def _finite_or_none(values: list[float]) -> list[float | None]:
-    return [v if math.isfinite(v) else None for v in values]
 
 
 # -- study runner ---------------------------------------------------------------------------------
