@@ -47,7 +47,7 @@ def main() -> None:
     for _ in range(args.epochs):
         sync()
         start = time.perf_counter()
-        _train_epoch(model, optimizer, x, y, config.batch_size, generator)
+        _train_epoch(model, optimizer, x, y, config, generator)
         sync()
         epoch_times.append(time.perf_counter() - start)
     epoch = statistics.median(epoch_times)

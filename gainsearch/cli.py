@@ -27,12 +27,20 @@ TRAIN_FIELDS = (
     "data_root",
     "model",
     "width",
+    "dropout",
     "epochs",
     "batch_size",
     "optimizer",
     "lr",
     "momentum",
+    "nesterov",
     "weight_decay",
+    "schedule",
+    "warmup_epochs",
+    "label_smoothing",
+    "augment",
+    "precision",
+    "channels_last",
     "seed",
     "device",
     "gain_target",
@@ -101,14 +109,26 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", help="digits (default), mnist, fashion_mnist, cifar10")
     train.add_argument("--data-root", help="folder of an on-disk data set")
     train.add_argument("--download", action="store_true", help="download with torchvision")
-    train.add_argument("--model", help="registry model name")
+    train.add_argument("--model", help="registry model name, or module:callable of your own")
     train.add_argument("--width", type=float, help="channel multiplier")
+    train.add_argument("--dropout", type=float, help="dropout before the classifier's last layer")
     train.add_argument("--epochs", type=int, help="epoch budget")
     train.add_argument("--batch-size", type=int, help="mini-batch size")
-    train.add_argument("--optimizer", help="sgd or adam")
-    train.add_argument("--lr", type=float, help="learning rate")
+    train.add_argument("--optimizer", help="sgd, adam or adamw")
+    train.add_argument("--lr", type=float, help="(peak) learning rate")
     train.add_argument("--momentum", type=float, help="SGD momentum")
-    train.add_argument("--weight-decay", type=float, help="L2 weight decay")
+    train.add_argument(
+        "--nesterov", action="store_true", default=None, help="Nesterov momentum (SGD)"
+    )
+    train.add_argument("--weight-decay", type=float, help="weight decay (decoupled for adamw)")
+    train.add_argument("--schedule", help="constant, cosine or onecycle (stepped per batch)")
+    train.add_argument("--warmup-epochs", type=float, help="linear warm-up epochs")
+    train.add_argument("--label-smoothing", type=float, help="label smoothing in [0, 1)")
+    train.add_argument("--augment", help="none or standard (random crop; flips for colour)")
+    train.add_argument("--precision", help="32, bf16 or 16 (16: CUDA only)")
+    train.add_argument(
+        "--channels-last", action="store_true", default=None, help="channels-last memory format"
+    )
     train.add_argument("--seed", type=int, help="seed")
     train.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     train.add_argument("--gain-target", help="'winner', 'all' or a class index")
@@ -335,7 +355,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     resolved = {"train": config.to_dict(), "data": data.summary()}
 
-    header = f"{'epoch':>5} {'train_loss':>10} {'gain_dB':>8} {'trend':>6}"
+    header = f"{'epoch':>5} {'lr':>9} {'train_loss':>10} {'gain_dB':>8} {'trend':>6}"
     if config.eval_test:
         header += f" {'test_acc':>8}"
     bars: list[Any] = []  # opened at the first epoch: a trial refused on resume prints no bar
@@ -349,7 +369,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 tqdm.write(header)
         bar = bars[0]
         feats = ctx.monitor.features()
-        row = f"{ctx.epoch:>5} {ctx.record['train_loss']:>10.4f} {ctx.record['gain']:>8.2f}"
+        row = f"{ctx.epoch:>5} {ctx.record['lr']:>9.3g} {ctx.record['train_loss']:>10.4f}"
+        row += f" {ctx.record['gain']:>8.2f}"
         row += f" {feats.trend:>+6.2f}"
         if config.eval_test:
             row += f" {ctx.record['test_acc']:>8.3f}"

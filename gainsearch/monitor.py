@@ -97,6 +97,8 @@ class GainMonitor:
             fixed class index.
         normalize: Differentiate ``log y_c`` (the paper) rather than ``y_c``.
         eps: Floor added to the amplitude before the logarithm.
+        smoothing: ``0`` (the paper's impulse gain) or the noise level of the smoothed gain
+            (see :func:`gainsearch.spectral.maximum_gain`), robust on BatchNorm networks.
 
     Epochs passed to :meth:`measure` must strictly increase; a restarted trial restores the
     history with :meth:`load_state_dict` and continues after its last epoch.
@@ -110,6 +112,7 @@ class GainMonitor:
         target: Target = "winner",
         normalize: bool = True,
         eps: float = DEFAULT_EPS,
+        smoothing: float = 0.0,
     ) -> None:
         if probe is None and in_shape is None:
             raise ValueError("GainMonitor needs in_shape=(C, H, W) or probe=<(C, H, W) tensor>.")
@@ -135,6 +138,16 @@ class GainMonitor:
             raise ValueError(f"normalize must be True or False, but got normalize={normalize!r}.")
         if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
             raise ValueError(f"eps must be a positive finite number, but got eps={eps!r}.")
+        if not (
+            isinstance(smoothing, (int, float))
+            and not isinstance(smoothing, bool)
+            and math.isfinite(smoothing)
+            and smoothing >= 0
+        ):
+            raise ValueError(
+                f"smoothing must be a non-negative number, but got smoothing={smoothing!r}."
+            )
+        self.smoothing = float(smoothing)
         self.in_shape: tuple[int, int, int] = tuple(in_shape)  # type: ignore[assignment,arg-type]
         self.probe = probe
         self.target: Target = target
@@ -170,7 +183,7 @@ class GainMonitor:
     def __repr__(self) -> str:
         return (
             f"GainMonitor(in_shape={self.in_shape}, target={self.target!r}, "
-            f"normalize={self.normalize}, readings={len(self._history)})"
+            f"normalize={self.normalize}, smoothing={self.smoothing}, readings={len(self._history)})"
         )
 
     # ---------------------------------------------------------------------------------------
@@ -196,6 +209,7 @@ class GainMonitor:
             target=self.target,
             normalize=self.normalize,
             eps=self.eps,
+            smoothing=self.smoothing,
         )
         reading = GainReading(
             epoch=epoch,
@@ -253,6 +267,7 @@ class GainMonitor:
             "target": self.target,
             "normalize": self.normalize,
             "eps": self.eps,
+            "smoothing": self.smoothing,
             "history": [r.to_dict() for r in self._history],
         }
 
@@ -284,6 +299,7 @@ class GainMonitor:
         self.target = state.get("target", self.target)
         self.normalize = bool(state.get("normalize", self.normalize))
         self.eps = float(state.get("eps", self.eps))
+        self.smoothing = float(state.get("smoothing", 0.0))
         self._history = history
         self._probe_cache.clear()
 

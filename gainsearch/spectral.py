@@ -154,6 +154,8 @@ def data_derivative(
     in_shape: Sequence[int] | None = None,
     target: Target = "winner",
     normalize: bool = True,
+    smoothing: float = 0.0,
+    samples: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The data derivative of the model linearised around ``probe``.
 
@@ -166,6 +168,12 @@ def data_derivative(
             every class, in one batched forward and backward pass.
         normalize: ``True``: ``d log y_c / dx`` (the paper's projection ``e_c / y_c``);
             ``False``: ``d y_c / dx``.
+        smoothing: ``0`` (the paper): the derivative at the probe. ``s > 0``: the mean of the
+            derivatives at ``samples`` probes ``x + s * n_i`` with fixed Gaussian noise images
+            ``n_i`` (seeded, the same at every call; SmoothGrad, Smilkov et al. 2017), i.e. the
+            derivative of the network smoothed over a neighbourhood of the probe. The winning
+            class is still the one of the probe itself. See :func:`maximum_gain`.
+        samples: Number of noisy probes when ``smoothing > 0``.
 
     Returns:
         ``(g, probs)``: ``g`` float32 of shape ``(C, H, W)`` (``(K, C, H, W)`` for ``"all"``),
@@ -173,6 +181,19 @@ def data_derivative(
     """
     x = _resolve_probe(model, probe, in_shape)
     _check_target(target)
+    if not (isinstance(smoothing, (int, float)) and math.isfinite(smoothing) and smoothing >= 0):
+        raise ValueError(
+            f"smoothing must be a non-negative number, but got smoothing={smoothing!r}."
+        )
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive integer, but got samples={samples!r}.")
+    n = samples if smoothing > 0 else 1
+    # (n, C, H, W): the probe, or the probe plus fixed noise images (a private generator: the
+    # global RNG is not touched)
+    points = x.unsqueeze(0)
+    if smoothing > 0:
+        noise = torch.randn((n, *x.shape), generator=torch.Generator().manual_seed(0))
+        points = x.unsqueeze(0) + smoothing * noise.to(x.device)
     with _measurement_context(model, x.device):
         params = {
             name: t.detach().to(torch.float32)
@@ -185,11 +206,15 @@ def data_derivative(
         probs = torch.softmax(logits.detach(), dim=1)[0]  # (K,)
         winner = int(torch.argmax(probs).item())
         if target == "all":
-            # One batched pass: copy k of the probe carries class k. In eval() mode the samples
-            # of a batch are independent, so d(sum_k score_k(x_k))/dx_k = d score_k / dx.
-            xs = x.unsqueeze(0).expand(num_classes, *x.shape).clone().requires_grad_(True)
-            scores = _class_scores(_forward(model, params, xs), normalize)  # (K, K)
-            (grad,) = torch.autograd.grad(scores.diagonal().sum(), xs)  # (K, C, H, W)
+            # One batched pass: copy (i, k) of the probe carries class k at point i. In eval()
+            # mode the samples of a batch are independent, so d(sum score_k(x_ik))/dx_ik =
+            # d score_k / dx at point i.
+            xs = points.unsqueeze(1).expand(n, num_classes, *x.shape).reshape(-1, *x.shape)
+            xs = xs.clone().requires_grad_(True)  # (n * K, C, H, W)
+            scores = _class_scores(_forward(model, params, xs), normalize)  # (n * K, K)
+            picked = scores.view(n, num_classes, num_classes).diagonal(dim1=1, dim2=2)  # (n, K)
+            (grad,) = torch.autograd.grad(picked.sum(), xs)
+            grad = grad.view(n, num_classes, *x.shape).mean(dim=0)  # (K, C, H, W)
         else:
             cls = winner if target == "winner" else int(target)
             if not 0 <= cls < num_classes:
@@ -197,9 +222,14 @@ def data_derivative(
                     f"target must be 'winner', 'all' or a class index in [0, {num_classes - 1}], "
                     f"but got target={target!r}."
                 )
-            scores = _class_scores(logits, normalize)  # (1, K)
-            (grad,) = torch.autograd.grad(scores[0, cls], x1)
-            grad = grad[0]  # (C, H, W)
+            if n == 1:
+                scores = _class_scores(logits, normalize)  # (1, K)
+                (grad,) = torch.autograd.grad(scores[0, cls], x1)
+            else:
+                xs = points.clone().requires_grad_(True)  # (n, C, H, W)
+                scores = _class_scores(_forward(model, params, xs), normalize)  # (n, K)
+                (grad,) = torch.autograd.grad(scores[:, cls].sum(), xs)
+            grad = grad.mean(dim=0)  # (C, H, W)
     return grad.detach(), probs.detach()
 
 
@@ -212,6 +242,8 @@ def maximum_gain(
     normalize: bool = True,
     eps: float = DEFAULT_EPS,
     return_spectra: bool = False,
+    smoothing: float = 0.0,
+    samples: int = 8,
 ) -> GainResult:
     """Measure the Maximum Gain of ``model`` around ``probe`` (DESIGN.md section 1).
 
@@ -226,6 +258,14 @@ def maximum_gain(
         normalize: Differentiate ``log y_c`` (``True``, the paper) or ``y_c`` (``False``).
         eps: Added to the amplitude before the logarithm.
         return_spectra: Also return the dB spectra (read-only numpy array).
+        smoothing: ``0`` is the paper's measurement. A positive ``s`` measures the derivative
+            averaged over ``samples`` probes ``x + s * n_i`` (fixed Gaussian noise images): the
+            *smoothed* Maximum Gain. On BatchNorm networks the impulse's zero background can put
+            every ReLU on the impulse's path in its dead half, so the paper's derivative is
+            exactly zero and the gain reads the ``20 log10(eps)`` floor (-240 dB) for a network
+            that works; the noisy probes keep the units alive (see the README's measurement
+            section for how often each variant reads the floor).
+        samples: Number of noisy probes when ``smoothing > 0``.
 
     Returns:
         A :class:`GainResult`. A diverged network gives a non-finite ``gain``; no exception.
@@ -245,7 +285,13 @@ def maximum_gain(
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a positive finite number, but got eps={eps!r}.")
     grad, probs = data_derivative(
-        model, probe, in_shape=in_shape, target=target, normalize=normalize
+        model,
+        probe,
+        in_shape=in_shape,
+        target=target,
+        normalize=normalize,
+        smoothing=smoothing,
+        samples=samples,
     )
     spectra = amplitude_spectrum_db(grad, eps=eps)  # (C, H, W) or (K, C, H, W), dB
     per_channel = spectra.flatten(-2).amax(dim=-1)  # (C,) or (K, C)

@@ -2,9 +2,14 @@
 
 The loop (per epoch ``e = 1..epochs``)::
 
-    shuffle (seeded generator) -> SGD/Adam steps on the full training set -> training loss
+    shuffle (seeded generator) -> [augment on the device] -> optimizer steps on the full
+    training set, the learning-rate schedule stepped per batch -> training loss
     -> GainMonitor.measure(model, e) -> [test loss/accuracy, reporting only] -> checkpoint
     -> callbacks (may stop the trial: return a reason string, or raise e.g. optuna.TrialPruned)
+
+The recorded ``train_loss`` of an epoch is the mean of the loss that was optimised over that
+epoch's batches, as the weights changed: augmented images and label smoothing included (this is
+what a training-loss baseline sees). ``lr`` is the learning rate of the epoch's last step.
 
 A non-finite training loss or gain ends the trial with status ``"diverged"``. A checkpoint holds
 model, optimizer, monitor history, per-epoch records and RNG states; ``train_trial`` resumes from
@@ -30,7 +35,7 @@ from torch import nn
 
 from gainsearch.data import DATASETS, TensorData, load_dataset
 from gainsearch.features import Diagnosis, diagnose
-from gainsearch.models import MODELS, create_model
+from gainsearch.models import check_model_name, create_model
 from gainsearch.monitor import GainMonitor
 from gainsearch.spectral import _check_target
 
@@ -41,7 +46,9 @@ __all__ = [
     "EpochContext",
     "TrainConfig",
     "TrialResult",
+    "augment_batch",
     "load_checkpoint",
+    "lr_factor",
     "train_trial",
 ]
 
@@ -53,6 +60,11 @@ STOPPED = "stopped"
 
 CHECKPOINT_VERSION = 1
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "onecycle")
+AUGMENTS = ("none", "standard")
+PRECISIONS = ("32", "bf16", "16")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -61,35 +73,66 @@ class TrainConfig:
     Attributes:
         dataset: Data set name (see :data:`gainsearch.data.DATASETS`).
         data_root: Folder of on-disk data sets (not needed for ``digits``).
-        model: Registry model name (see :func:`gainsearch.models.list_models`).
-        width: Channel multiplier of the model.
+        model: Registry model name (see :func:`gainsearch.models.list_models`) or the import path
+            ``"module:callable"`` of your own model (see :mod:`gainsearch.models`).
+        model_args: Keyword arguments for the model factory (e.g. for your own model).
+        width: Channel multiplier of the model (registry models).
+        dropout: Dropout before the classifier's last layer; ``None`` keeps the model's default
+            (none, or 0.5 for ``nin``).
         epochs: Epoch budget.
         batch_size: Mini-batch size.
-        optimizer: ``"sgd"`` (with momentum and weight decay) or ``"adam"``.
-        lr: Learning rate.
-        momentum: SGD momentum (ignored by Adam).
-        weight_decay: L2 weight decay.
-        seed: Seeds model initialisation and the shuffling generator.
+        optimizer: ``"sgd"`` (momentum, optionally Nesterov; L2 weight decay), ``"adam"`` (L2
+            weight decay) or ``"adamw"`` (decoupled weight decay).
+        lr: Peak learning rate.
+        momentum: SGD momentum (ignored by Adam and AdamW).
+        nesterov: Nesterov momentum (SGD only; needs ``momentum > 0``).
+        weight_decay: Weight decay (L2 for SGD and Adam, decoupled for AdamW).
+        schedule: ``"constant"``, ``"cosine"`` (to zero over the epoch budget) or ``"onecycle"``
+            (up from ``lr/25`` then cosine down to ``lr/25e4``, over the budget). Stepped per
+            batch.
+        warmup_epochs: Linear warm-up from ``lr/steps`` to the schedule over this many epochs
+            (any schedule; ``onecycle`` uses it as its rising part, 30 % of the budget if 0).
+        label_smoothing: Label smoothing of the cross-entropy, in ``[0, 1)``.
+        augment: ``"none"`` or ``"standard"``: random crop with zero padding (``H // 8``
+            pixels; zero is the training mean after normalisation) and, for colour (3-channel)
+            images, random horizontal flips. Runs on the training device, seeded by ``seed``.
+        precision: ``"32"``, ``"bf16"`` (autocast; CPU or CUDA) or ``"16"`` (autocast with a
+            gradient scaler; CUDA only). The gain is always measured in float32.
+        channels_last: Keep the model and the images in channels-last memory format.
+        seed: Seeds model initialisation, the shuffling and the augmentation generators.
         device: Torch device, e.g. ``"cpu"`` or ``"cuda"``.
         gain_target: ``"all"`` (default: the class-robust mean over classes, which does not
             jump when the impulse's winning class flips), ``"winner"`` (the paper) or a class
             index (see :func:`gainsearch.spectral.maximum_gain`).
+        gain_smoothing: ``0``: the paper's impulse gain; ``s > 0``: the smoothed gain, the
+            derivative averaged over 8 impulse probes with fixed Gaussian noise of std ``s``
+            (robust on BatchNorm networks, see :func:`gainsearch.spectral.maximum_gain`).
         eval_test: Record test loss/accuracy per epoch. Reporting only: nothing decides on it.
     """
 
     dataset: str = "digits"
     data_root: str | None = None
     model: str = "digits_lenet"
+    model_args: dict[str, Any] = field(default_factory=dict)
     width: float = 1.0
+    dropout: float | None = None
     epochs: int = 20
     batch_size: int = 64
     optimizer: str = "sgd"
     lr: float = 0.02
     momentum: float = 0.9
+    nesterov: bool = False
     weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    augment: str = "none"
+    precision: str = "32"
+    channels_last: bool = False
     seed: int = 0
     device: str = "cpu"
     gain_target: str | int = "all"
+    gain_smoothing: float = 0.0
     eval_test: bool = False
 
     def __post_init__(self) -> None:
@@ -100,12 +143,19 @@ class TrainConfig:
             raise ValueError(
                 f"Unknown dataset {self.dataset!r}; available datasets are {sorted(DATASETS)}."
             )
-        if self.model not in MODELS:
-            raise ValueError(
-                f"Unknown model {self.model!r}; available models are {sorted(MODELS)}."
-            )
-        if self.optimizer not in ("sgd", "adam"):
-            fail("optimizer", "'sgd' or 'adam'")
+        check_model_name(self.model)
+        if not isinstance(self.model_args, dict) or not all(
+            isinstance(k, str) for k in self.model_args
+        ):
+            fail("model_args", "a mapping of keyword arguments")
+        for name, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("augment", AUGMENTS),
+            ("precision", PRECISIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                fail(name, "one of " + ", ".join(repr(a) for a in allowed))
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -120,8 +170,19 @@ class TrainConfig:
             fail("momentum", "a number in [0, 1)")
         if not _is_number(self.weight_decay) or self.weight_decay < 0:
             fail("weight_decay", "a non-negative number")
-        if not isinstance(self.eval_test, bool):
-            fail("eval_test", "true or false")
+        if self.dropout is not None and (not _is_number(self.dropout) or not 0 <= self.dropout < 1):
+            fail("dropout", "a number in [0, 1) or None (the model's default)")
+        if not _is_number(self.gain_smoothing) or self.gain_smoothing < 0:
+            fail("gain_smoothing", "a non-negative number (0: the paper's impulse gain)")
+        if not _is_number(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
+            fail("label_smoothing", "a number in [0, 1)")
+        if not _is_number(self.warmup_epochs) or not 0 <= self.warmup_epochs < self.epochs:
+            fail("warmup_epochs", f"a number in [0, epochs={self.epochs})")
+        for name in ("eval_test", "nesterov", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "true or false")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            fail("nesterov", "false unless optimizer is 'sgd' with momentum > 0")
         if self.data_root is not None and not isinstance(self.data_root, str):
             fail("data_root", "a path string or None")
         try:
@@ -132,6 +193,8 @@ class TrainConfig:
             torch.device(self.device)
         except (RuntimeError, TypeError):
             fail("device", "a torch device such as 'cpu', 'cuda' or 'cuda:1'")
+        if self.precision == "16" and torch.device(self.device).type != "cuda":
+            fail("precision", "'32' or 'bf16' on a non-CUDA device ('16' needs a CUDA device)")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -149,9 +212,22 @@ class TrainConfig:
         values = dict(data)
         # YAML/JSON give ints for floats such as `lr: 1` and floats for `epochs: 10.0`: coerce
         # only where the conversion is exact, so bad values still fail validation.
-        for name in ("lr", "width", "momentum", "weight_decay"):
+        for name in (
+            "lr",
+            "width",
+            "momentum",
+            "weight_decay",
+            "dropout",
+            "label_smoothing",
+            "warmup_epochs",
+            "gain_smoothing",
+        ):
             if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
                 values[name] = float(values[name])
+        if isinstance(values.get("precision"), int) and not isinstance(
+            values.get("precision"), bool
+        ):
+            values["precision"] = str(values["precision"])  # YAML reads `precision: 32` as int
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,7 +242,7 @@ class EpochContext:
     Attributes:
         epoch: The epoch just finished (1-based).
         diverged: The training loss or the gain went non-finite this epoch (the trial ends).
-        record: This epoch's record: ``epoch``, ``train_loss``, ``gain``, ``gain_max``,
+        record: This epoch's record: ``epoch``, ``train_loss``, ``lr``, ``gain``, ``gain_max``,
             ``winner``, ``seconds`` (+ ``test_loss``, ``test_acc`` with ``eval_test``).
         history: All records so far, this one last.
         monitor: The trial's :class:`GainMonitor`.
@@ -272,10 +348,21 @@ def train_trial(
         raise ValueError(f"data is {data.name!r} but config.dataset={cfg.dataset!r}.")
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, data.in_shape, data.num_classes, width=cfg.width).to(device)
+    model = _build_model(cfg, data).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = _make_optimizer(cfg, model)
+    steps_per_epoch = math.ceil(data.x_train.shape[0] / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(lr_factor, cfg, steps_per_epoch)
+    )
     shuffle = torch.Generator().manual_seed(cfg.seed + 1)
-    gain_monitor = GainMonitor(in_shape=data.in_shape, target=cfg.gain_target)  # type: ignore[arg-type]
+    augment = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+    gain_monitor = GainMonitor(
+        in_shape=data.in_shape,
+        target=cfg.gain_target,  # type: ignore[arg-type]
+        smoothing=cfg.gain_smoothing,
+    )
     history: list[dict[str, Any]] = []
     status, reason, start_epoch = COMPLETED, "", 1
 
@@ -285,16 +372,21 @@ def train_trial(
         _check_resumable(state, cfg, ckpt)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:  # absent in checkpoints of constant-rate versions
+            scheduler.load_state_dict(state["scheduler"])
         gain_monitor.load_state_dict(state["monitor"])
         history = list(state["history"])
         torch.set_rng_state(state["rng"]["torch"])
         shuffle.set_state(state["rng"]["shuffle"])
+        if "augment" in state["rng"]:
+            augment.set_state(state["rng"]["augment"])
         status, reason = state["status"], state["reason"]
         start_epoch = int(state["epoch"]) + 1
         logger.info("resumed %s at epoch %d (status %s)", ckpt, start_epoch, status)
 
     x_train = data.x_train.to(device)  # (N, C, H, W)
     y_train = data.y_train.to(device)  # (N,)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "16" else None
 
     def state_now(epoch: int) -> dict[str, Any]:
         return {
@@ -306,9 +398,14 @@ def train_trial(
             "reason": reason,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
             "monitor": gain_monitor.state_dict(),
             "history": history,
-            "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "shuffle": shuffle.get_state(),
+                "augment": augment.get_state(),
+            },
         }
 
     epoch = start_epoch - 1
@@ -316,9 +413,19 @@ def train_trial(
         for epoch in range(start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
             train_loss = _train_epoch(
-                model, optimizer, x_train, y_train, cfg.batch_size, shuffle, stop_event
+                model,
+                optimizer,
+                x_train,
+                y_train,
+                cfg,
+                shuffle,
+                stop_event,
+                scheduler=scheduler,
+                augment=augment if cfg.augment == "standard" else None,
+                scaler=scaler,
             )
-            record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+            lr_last = cfg.lr * lr_factor(cfg, steps_per_epoch, scheduler.last_epoch - 1)
+            record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": lr_last}
             if monitor:
                 reading = gain_monitor.measure(model, epoch)
                 record.update(gain=reading.gain, gain_max=reading.gain_max, winner=reading.winner)
@@ -406,12 +513,74 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _build_model(cfg: TrainConfig, data: TensorData) -> nn.Module:
+    kwargs: dict[str, Any] = dict(cfg.model_args)
+    if cfg.dropout is not None:
+        kwargs["dropout"] = cfg.dropout
+    return create_model(cfg.model, data.in_shape, data.num_classes, width=cfg.width, **kwargs)
+
+
 def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
     )
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int, step: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) as a fraction of ``cfg.lr``.
+
+    A pure function of the step, so a resumed trial continues its schedule exactly: linear
+    warm-up over ``warmup_epochs``, then ``constant`` (1), ``cosine`` (to 0 at the end of the
+    budget) or ``onecycle`` (cosine up from 1/25 over the warm-up, or 30 % of the budget, then
+    cosine down to 1/25e4, the shape of ``torch.optim.lr_scheduler.OneCycleLR``).
+    """
+    total = cfg.epochs * steps_per_epoch
+    warm = round(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        start, end = 1.0 / 25.0, 1.0 / 25e4
+        rise = warm if warm > 0 else round(0.3 * total)
+        if step < rise:
+            return start + (1.0 - start) * (1.0 - math.cos(math.pi * step / rise)) / 2.0
+        t = min(1.0, (step - rise) / max(1, total - rise))
+        return end + (1.0 - end) * (1.0 + math.cos(math.pi * t)) / 2.0
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "cosine":
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return (1.0 + math.cos(math.pi * t)) / 2.0
+    return 1.0
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The ``standard`` augmentation of a batch ``(N, C, H, W)``, on its device, no image loop.
+
+    Random crop of the zero-padded image (``max(1, H // 8)`` pixels each side: 4 for 32x32,
+    3 for 28x28, 1 for 8x8), and for colour images (``C == 3``) a random horizontal flip.
+    Random numbers come from ``generator`` only (same seed, same batches).
+    """
+    n, c, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))  # (N, C, H + 2p, W + 2p), zeros = training mean
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (N, 1, 1, W)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    out = padded[batch, chans, rows, cols]  # (N, C, H, W)
+    if c == 3:
+        flip = torch.rand(n, generator=generator, device=x.device) < 0.5
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    return out
 
 
 def _train_epoch(
@@ -419,26 +588,43 @@ def _train_epoch(
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
-    batch_size: int,
+    cfg: TrainConfig,
     generator: torch.Generator,
     stop_event: threading.Event | None = None,
+    *,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    augment: torch.Generator | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
     """One pass over the data; the mean training loss (NaN/inf if the epoch diverged).
 
     The loss is summed on the model's device and read once per epoch: no host sync per step.
-    ``KeyboardInterrupt`` before any batch once ``stop_event`` is set.
+    The schedule steps after every batch. ``KeyboardInterrupt`` before any batch once
+    ``stop_event`` is set.
     """
     model.train()
     order = torch.randperm(x.shape[0], generator=generator).to(x.device)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
-    for start in range(0, x.shape[0], batch_size):
+    dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(cfg.precision)
+    for start in range(0, x.shape[0], cfg.batch_size):
         if stop_event is not None and stop_event.is_set():
             raise KeyboardInterrupt("stop requested")
-        idx = order[start : start + batch_size]
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        idx = order[start : start + cfg.batch_size]
+        xb = x[idx] if augment is None else augment_batch(x[idx], augment)
+        if cfg.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(model(xb), y[idx], label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total += loss.detach().to(torch.float64) * idx.numel()
     return float(total) / x.shape[0]
 

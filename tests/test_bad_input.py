@@ -161,7 +161,7 @@ CLI_CASES = [
     (["train", "--lr", "-0.1", "--out", "{run}"], r"lr must be a positive number, but got lr=-0.1"),
     (
         ["train", "--optimizer", "rmsprop", "--out", "{run}"],
-        r"optimizer must be 'sgd' or 'adam', but got optimizer='rmsprop'",
+        r"optimizer must be one of 'sgd', 'adam', 'adamw', but got optimizer='rmsprop'",
     ),
     (
         ["train", "--momentum", "1.5", "--out", "{run}"],

@@ -178,7 +178,7 @@ def test_divergence_stops_cleanly(digits: TensorData) -> None:
     [
         ({"dataset": "imagenet"}, r"Unknown dataset 'imagenet'; available datasets are"),
         ({"model": "vgg"}, r"Unknown model 'vgg'; available models are"),
-        ({"optimizer": "rmsprop"}, r"optimizer must be 'sgd' or 'adam'.*'rmsprop'"),
+        ({"optimizer": "rmsprop"}, r"optimizer must be one of 'sgd', 'adam', 'adamw'.*'rmsprop'"),
         ({"epochs": 0}, r"epochs must be a positive integer.*epochs=0"),
         ({"epochs": 2.5}, r"epochs must be a positive integer.*epochs=2.5"),
         ({"lr": -0.1}, r"lr must be a positive number.*lr=-0.1"),

@@ -1,0 +1,557 @@
+"""The evidence suite's analysis: every candidate objective, side by side, chosen without peeking.
+
+Read by ``benchmarks/suite.py`` (which trains and caches the runs); also runnable alone::
+
+    python benchmarks/suite_analysis.py [CACHE_DIR]       # default benchmarks/results/suite
+
+Objectives are functions of a trial's per-epoch records (training loss and gain curves, nothing
+held out), higher is better, NaN for a diverged run (ranked below every finite value). A
+*family* has one constant (a weight or a threshold); its constant is chosen on the set-ups it is
+**not** scored on:
+
+* **calibration -> report**: chosen on the ``calib`` set-ups, scored on the ``report`` ones;
+* **leave one set-up out**: for each set-up, chosen on all the others, scored on it.
+
+The constant minimises the mean selection regret of the fitting set-ups (ties: higher mean
+Spearman, then the constant that leans most on the training loss). Only held-out figures are
+printed for families.
+
+Metrics per set-up (per seed, then averaged): Spearman and Kendall of the objective with final
+test accuracy over the grid; regret (best test accuracy of the grid minus the chosen point's, in
+points); early Spearman (the objective computed on the first 2 and 3 epochs only, against final
+test accuracy, averaged: what a pruner relies on).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "suite"
+FLOOR_DB = -200.0  # a reading at or below this is the eps floor (an exactly zero derivative)
+
+History = list[dict[str, Any]]
+Objective = Callable[[History], float]
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+@dataclass
+class SetupRuns:
+    name: str
+    meta: dict[str, Any]
+    #: seed -> [(merged run, split run or None)] in grid order
+    grid: dict[int, list[tuple[dict[str, Any], dict[str, Any] | None]]]
+
+    @property
+    def role(self) -> str:
+        return str(self.meta["role"])
+
+
+def load(out: Path, names: Sequence[str] | None = None) -> list[SetupRuns]:
+    found = []
+    for path in sorted(out.glob("s*.json")):
+        body = json.loads(path.read_text())
+        meta = body["setup"]
+        if names is not None and meta["name"] not in names:
+            continue
+        order = {json.dumps(p, sort_keys=True): i for i, p in enumerate(meta["grid"])}
+        runs = {
+            (r["protocol"], json.dumps(r["point"], sort_keys=True), r["seed"]): r
+            for r in body["runs"]
+        }
+        grid: dict[int, list[tuple[dict, dict | None]]] = {}
+        for seed in meta["seeds"]:
+            pairs = []
+            for key in sorted(order, key=order.__getitem__):
+                merged = runs.get(("merged", key, seed))
+                if merged is not None:
+                    pairs.append((merged, runs.get(("split", key, seed))))
+            if len(pairs) == len(order):  # only complete grids are analysed
+                grid[seed] = pairs
+        if grid:
+            found.append(SetupRuns(meta["name"], meta, grid))
+    return found
+
+
+def test_acc(run: dict[str, Any]) -> float:
+    """Final test accuracy; a diverged run counts as 0 (it has no usable model)."""
+    value = run["history"][-1]["test_acc"] if run["history"] else math.nan
+    return 0.0 if run["status"] == "diverged" or not math.isfinite(value) else float(value)
+
+
+# --------------------------------------------------------------------------------------------
+# objectives of a history (the first t epochs of a run)
+
+
+def _finite(values: Sequence[float]) -> bool:
+    return len(values) > 0 and all(math.isfinite(v) for v in values)
+
+
+def _losses(h: History) -> list[float]:
+    return [float(r["train_loss"]) for r in h]
+
+
+def _gains(h: History, key: str) -> list[float]:
+    return [float(r[key]) for r in h]
+
+
+def neg_final_loss(h: History) -> float:
+    losses = _losses(h)
+    return -losses[-1] if _finite(losses) else math.nan
+
+
+def neg_loss_sum(h: History) -> float:
+    losses = _losses(h)
+    return -sum(losses) if _finite(losses) else math.nan
+
+
+def gain_metric(name: str, key: str = "gain") -> Objective:
+    def objective(h: History) -> float:
+        from gainsearch.objective import curve_metric
+
+        gains = _gains(h, key)
+        if not _finite(_losses(h)) or not _finite(gains):
+            return math.nan
+        return float(curve_metric(name, gains))
+
+    return objective
+
+
+def combined(weight: float, key: str, until: int | None = None) -> Objective:
+    """``-log10(final training loss) + weight * gain score / 20`` (both in decades); with
+    ``until``, the gain term only while the history has at most ``until`` epochs (an early-
+    ranking term: the final value is the training loss's)."""
+
+    def objective(h: History) -> float:
+        from gainsearch.objective import gain_score
+
+        losses, gains = _losses(h), _gains(h, key)
+        if not _finite(losses) or not _finite(gains):
+            return math.nan
+        base = -math.log10(max(losses[-1], 1e-12))
+        if not weight or (until is not None and len(h) > until):
+            return base
+        return base + weight * gain_score(gains) / 20.0
+
+    return objective
+
+
+def guarded(threshold: float, key: str) -> Objective:
+    """The final training loss, but a run whose gain variability (dB/epoch over the score's
+    window) exceeds ``threshold`` ranks below every stable run (the gain as a guard)."""
+
+    def objective(h: History) -> float:
+        from gainsearch.features import compute_features
+
+        losses, gains = _losses(h), _gains(h, key)
+        if not _finite(losses) or not _finite(gains):
+            return math.nan
+        unstable = compute_features(gains).variability > threshold
+        return -math.log10(max(losses[-1], 1e-12)) - (1e3 if unstable else 0.0)
+
+    return objective
+
+
+#: Fixed objectives (no constant).
+FIXED: dict[str, Objective] = {
+    "-final training loss": neg_final_loss,
+    "-training loss sum (Ru et al.)": neg_loss_sum,
+    "gain score (impulse, default until now)": gain_metric("score"),
+    "gain score (smoothed)": gain_metric("score", "gain_smooth"),
+    "gain score (winner class, paper)": gain_metric("score", "gain_winner"),
+    "gain level (smoothed)": gain_metric("level", "gain_smooth"),
+}
+
+WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+THRESHOLDS = (math.inf, 20.0, 10.0, 5.0, 3.0)
+
+EARLY_EPOCHS = 3  # the early-ranking term's horizon: the epochs a pruner decides on (2-3)
+
+#: Families: name -> (constants, constant -> objective, what the constant is chosen on). The
+#: first constant is the pure training loss.
+FAMILIES: dict[str, tuple[Sequence[float], Callable[[float], Objective], str]] = {
+    "loss + w * gain score (impulse)": (WEIGHTS, lambda w: combined(w, "gain"), "regret"),
+    "loss + w * gain score (smoothed)": (
+        WEIGHTS,
+        lambda w: combined(w, "gain_smooth"),
+        "regret",
+    ),
+    "loss, guarded by gain variability (smoothed)": (
+        THRESHOLDS,
+        lambda v: guarded(v, "gain_smooth"),
+        "regret",
+    ),
+    f"loss + w * gain score (impulse) in epochs 1-{EARLY_EPOCHS} only": (
+        WEIGHTS,
+        lambda w: combined(w, "gain", until=EARLY_EPOCHS),
+        "early",
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# metrics
+
+
+@dataclass
+class Stats:
+    spearman: float
+    kendall: float
+    regret: float
+    early: float
+
+
+def _rank_values(values: np.ndarray) -> np.ndarray:
+    floor = np.nanmin(values) - 1.0 if np.any(np.isfinite(values)) else 0.0
+    return np.where(np.isfinite(values), values, floor)
+
+
+def _corr(fn: Callable, a: np.ndarray, b: np.ndarray) -> float:
+    with warnings.catch_warnings():  # a constant column has no rank correlation: NaN
+        warnings.simplefilter("ignore")
+        return float(fn(a, b).statistic)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def evaluate(setup: SetupRuns, objective: Objective, *, split: bool = False) -> Stats:
+    """Spearman, Kendall, regret and early Spearman of one objective on one set-up."""
+    rhos, taus, regrets, early = [], [], [], []
+    for pairs in setup.grid.values():
+        accs = np.array([test_acc(m) for m, _ in pairs])
+        if split:
+            values = np.array([_val(s) for _, s in pairs])
+        else:
+            values = np.array([objective(m["history"]) for m, _ in pairs])
+        ranked = _rank_values(values)
+        rhos.append(_corr(stats.spearmanr, ranked, accs))
+        taus.append(_corr(stats.kendalltau, ranked, accs))
+        regrets.append(100.0 * (accs.max() - accs[int(np.argmax(ranked))]))
+        if not split:
+            for t in (2, 3):
+                at_t = np.array([objective(m["history"][:t]) for m, _ in pairs])
+                early.append(_corr(stats.spearmanr, _rank_values(at_t), accs))
+    return Stats(_nanmean(rhos), _nanmean(taus), float(np.mean(regrets)), _nanmean(early))
+
+
+def _val(split_run: dict[str, Any] | None) -> float:
+    if split_run is None or split_run["status"] == "diverged":
+        return math.nan
+    value = split_run["history"][-1]["val_loss"]
+    return -value if math.isfinite(value) else math.nan
+
+
+def random_regret(setup: SetupRuns) -> float:
+    """Expected regret of a uniformly random grid point (exact mean)."""
+    out = []
+    for pairs in setup.grid.values():
+        accs = np.array([test_acc(m) for m, _ in pairs])
+        out.append(100.0 * float(np.mean(accs.max() - accs)))
+    return float(np.mean(out))
+
+
+def choose_constant(
+    family: str, fit_on: Sequence[SetupRuns], cache: dict[tuple[str, float, str], Stats]
+) -> float:
+    """The family's constant with the lowest mean regret on ``fit_on`` (ties: higher mean
+    Spearman, then the earlier constant of the list, i.e. the one closest to the pure loss);
+    for an early-ranking family, the highest mean early Spearman (ties: the earlier constant)."""
+    constants, make, criterion = FAMILIES[family]
+    best, best_key = constants[0], (math.inf, math.inf)
+    for c in constants:
+        rows = [_cached(cache, family, c, s, make) for s in fit_on]
+        if criterion == "early":
+            key = (-round(_nanmean([r.early for r in rows]), 9), 0.0)
+        else:
+            key = (
+                round(float(np.mean([r.regret for r in rows])), 9),
+                -round(_nanmean([r.spearman for r in rows]), 9),
+            )
+        if key < best_key:
+            best, best_key = c, key
+    return best
+
+
+def _cached(
+    cache: dict[tuple[str, float, str], Stats],
+    family: str,
+    c: float,
+    setup: SetupRuns,
+    make: Callable[[float], Objective],
+) -> Stats:
+    key = (family, c, setup.name)
+    if key not in cache:
+        cache[key] = evaluate(setup, make(c))
+    return cache[key]
+
+
+# --------------------------------------------------------------------------------------------
+# tables
+
+
+def _fmt(v: float, digits: int = 2) -> str:
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return "  n/a" if not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def held_out(setups: Sequence[SetupRuns]) -> dict[str, Any]:
+    """Per family: constants and held-out stats under both protocols."""
+    cache: dict[tuple[str, float, str], Stats] = {}
+    out: dict[str, Any] = {}
+    calib = [s for s in setups if s.role == "calib"]
+    report = [s for s in setups if s.role != "calib"]
+    for family, (_, make, _) in FAMILIES.items():
+        chosen = choose_constant(family, calib, cache) if calib else math.nan
+        on_report = {s.name: _cached(cache, family, chosen, s, make) for s in report}
+        loso, loso_constants = {}, {}
+        for s in setups:
+            c = choose_constant(family, [o for o in setups if o is not s], cache)
+            loso_constants[s.name] = c
+            loso[s.name] = _cached(cache, family, c, s, make)
+        out[family] = {
+            "calib_constant": chosen,
+            "report": on_report,
+            "loso_constants": loso_constants,
+            "loso": loso,
+        }
+    return out
+
+
+def floor_counts(setups: Sequence[SetupRuns]) -> list[dict[str, Any]]:
+    """How often each gain variant reads the floor, on merged runs whose training loss is finite
+    and falling (the epoch's loss below the first epoch's), per set-up."""
+    rows = []
+    for s in setups:
+        n = imp = smooth = 0
+        for pairs in s.grid.values():
+            for m, _ in pairs:
+                h = m["history"]
+                for r in h:
+                    if not math.isfinite(r["train_loss"]) or r["train_loss"] >= h[0]["train_loss"]:
+                        continue
+                    n += 1
+                    imp += r["gain"] <= FLOOR_DB
+                    smooth += r["gain_smooth"] <= FLOOR_DB
+        rows.append({"setup": s.name, "epochs": n, "impulse": imp, "smoothed": smooth})
+    return rows
+
+
+def pruning_replay(setup: SetupRuns, seed_order: int = 0) -> dict[str, dict[str, float]]:
+    """Replay the grid as a sequential study (a seeded random order per seed), three ways: no
+    pruning, ``GainPruner`` (the decision core, on the class-mean gain), and Optuna's
+    ``MedianPruner`` on the training loss. The point chosen is the completed trial with the
+    lowest final training loss in all three, so only pruning differs. Returns per way: epochs
+    trained as a fraction of no pruning, and mean regret in points."""
+    import optuna
+
+    from gainsearch.integrations.optuna import CURVE_ATTR, GainPruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ways: dict[str, Any] = {
+        "no pruning": optuna.pruners.NopPruner,
+        "GainPruner (gain curve)": GainPruner,
+        "MedianPruner (training loss)": optuna.pruners.MedianPruner,
+    }
+    out: dict[str, dict[str, float]] = {}
+    for way, make in ways.items():
+        used = full = 0
+        regrets = []
+        for seed, pairs in setup.grid.items():
+            order = np.random.default_rng(1000 * seed_order + seed).permutation(len(pairs))
+            study = optuna.create_study(direction="minimize", pruner=make())
+            finals: list[tuple[float, float]] = []  # (final loss, test accuracy) of completed
+            for i in order:
+                run = pairs[int(i)][0]
+                trial = study.ask()
+                h = run["history"]
+                full += len(h)
+                pruned = False
+                for e, r in enumerate(h, 1):
+                    used += 1
+                    trial.set_user_attr(CURVE_ATTR, [float(x["gain"]) for x in h[:e]])
+                    loss = float(r["train_loss"])
+                    trial.report(loss if math.isfinite(loss) else math.inf, e)
+                    if not math.isfinite(loss) or not math.isfinite(float(r["gain"])):
+                        trial.set_user_attr("diverged", True)
+                    if trial.should_prune():
+                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                        pruned = True
+                        break
+                if not pruned:
+                    final = float(h[-1]["train_loss"])
+                    ok = run["status"] != "diverged" and math.isfinite(final)
+                    study.tell(trial, final if ok else math.inf)
+                    if ok:
+                        finals.append((final, test_acc(run)))
+            best = max(test_acc(m) for m, _ in pairs)
+            chosen = min(finals)[1] if finals else 0.0
+            regrets.append(100.0 * (best - chosen))
+        out[way] = {"epochs": used / full, "regret": float(np.mean(regrets))}
+    return out
+
+
+def diagnosis_agreement(setup: SetupRuns) -> tuple[int, int]:
+    """(agreeing, total) of the library's diagnosis (peers = the other grid points of the seed,
+    training loss given) with the ground truth of ``benchmarks/selection.py``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import selection
+
+    from gainsearch.features import diagnose
+
+    agree = total = 0
+    for pairs in setup.grid.values():
+        best = max(test_acc(m) for m, _ in pairs)
+        curves = [_gains(m["history"], "gain") for m, _ in pairs]
+        for i, (run, _) in enumerate(pairs):
+            truth, _ = selection.ground_truth(run, best)
+            losses = _losses(run["history"])
+            diverged_at = next((e for e, v in enumerate(losses, 1) if not math.isfinite(v)), None)
+            label = diagnose(
+                curves[i],
+                peers=curves[:i] + curves[i + 1 :],
+                diverged_epoch=diverged_at,
+                train_loss=losses,
+            ).label
+            agree += label == truth
+            total += 1
+    return agree, total
+
+
+def summarise(setups: Sequence[SetupRuns]) -> dict[str, Any]:
+    """Everything the tables print, as data (also written next to the cache as summary.json)."""
+    per_setup: dict[str, Any] = {}
+    for s in setups:
+        rows = {name: evaluate(s, fn).__dict__ for name, fn in FIXED.items()}
+        rows["-validation loss (80/20 split, reference)"] = evaluate(s, neg_final_loss, split=True).__dict__
+        per_setup[s.name] = {
+            "title": s.meta["title"],
+            "role": s.role,
+            "seeds": len(s.grid),
+            "points": len(s.meta["grid"]),
+            "fixed": rows,
+            "random_regret": random_regret(s),
+        }
+    families = held_out(setups)
+    return {
+        "per_setup": per_setup,
+        "families": {
+            f: {
+                "calib_constant": v["calib_constant"],
+                "loso_constants": v["loso_constants"],
+                "report": {k: s.__dict__ for k, s in v["report"].items()},
+                "loso": {k: s.__dict__ for k, s in v["loso"].items()},
+            }
+            for f, v in families.items()
+        },
+        "floor": floor_counts(setups),
+        "pruning": {s.name: pruning_replay(s) for s in setups},
+        "diagnosis": {s.name: diagnosis_agreement(s) for s in setups},
+    }
+
+
+def print_all(out: Path, names: Sequence[str] | None = None) -> dict[str, Any]:
+    setups = load(out, names)
+    if not setups:
+        print(f"no complete set-up in {out}")
+        return {}
+    summary = summarise(setups)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=True))
+    print_tables(summary)
+    return summary
+
+
+def print_tables(summary: dict[str, Any]) -> None:
+    per = summary["per_setup"]
+    names = list(per)
+    print("## Set-ups\n")
+    print("| set-up | role | what varies | seeds x points |")
+    print("|---|---|---|---|")
+    for n in names:
+        p = per[n]
+        print(f"| {n} | {p['role']} | {p['title']} | {p['seeds']} x {p['points']} |")
+
+    print("\n## Fixed objectives (no constant), per set-up: Spearman / regret (points)\n")
+    objectives = list(next(iter(per.values()))["fixed"])
+    print("| objective | " + " | ".join(names) + " | mean Spearman | mean regret | early Spearman |")
+    print("|---" * (len(names) + 4) + "|")
+    for o in objectives:
+        cells = [f"{_fmt(per[n]['fixed'][o]['spearman'])} / {_fmt(per[n]['fixed'][o]['regret'])}" for n in names]
+        rho = _nanmean([per[n]["fixed"][o]["spearman"] for n in names])
+        reg = float(np.mean([per[n]["fixed"][o]["regret"] for n in names]))
+        early = _nanmean([per[n]["fixed"][o]["early"] for n in names])
+        print(f"| {o} | " + " | ".join(cells) + f" | {_fmt(rho)} | {_fmt(reg)} | {_fmt(early)} |")
+    rnd = [per[n]["random_regret"] for n in names]
+    print("| random choice (expected) | " + " | ".join(f"0 / {_fmt(r)}" for r in rnd)
+          + f" | 0 | {_fmt(float(np.mean(rnd)))} | 0 |")
+
+    loss = {n: per[n]["fixed"]["-final training loss"] for n in names}
+    for protocol, title in (("report", "calibration -> report set-ups"), ("loso", "leave one set-up out")):
+        print(f"\n## Families, held out ({title}): Spearman / regret; vs -final training loss\n")
+        print("| family | constant(s) | " + " | ".join(
+            n for n in names if protocol == "loso" or per[n]["role"] != "calib") + " | mean Spearman (loss) | mean regret (loss) | worst regret excess | early Spearman (loss) |")
+        scored = [n for n in names if protocol == "loso" or per[n]["role"] != "calib"]
+        print("|---" * (len(scored) + 6) + "|")
+        for family, v in summary["families"].items():
+            rows = v[protocol]
+            const = (
+                _fmt(v["calib_constant"], 3) if protocol == "report"
+                else ", ".join(sorted({_fmt(c, 3) for c in v["loso_constants"].values()}))
+            )
+            cells = [f"{_fmt(rows[n]['spearman'])} / {_fmt(rows[n]['regret'])}" for n in scored]
+            rho = _nanmean([rows[n]["spearman"] for n in scored])
+            reg = float(np.mean([rows[n]["regret"] for n in scored]))
+            rho_l = _nanmean([loss[n]["spearman"] for n in scored])
+            reg_l = float(np.mean([loss[n]["regret"] for n in scored]))
+            worst = max(rows[n]["regret"] - loss[n]["regret"] for n in scored)
+            early = _nanmean([rows[n]["early"] for n in scored])
+            early_l = _nanmean([loss[n]["early"] for n in scored])
+            print(f"| {family} | {const} | " + " | ".join(cells)
+                  + f" | {_fmt(rho)} ({_fmt(rho_l)}) | {_fmt(reg)} ({_fmt(reg_l)}) | {_fmt(worst)}"
+                  + f" | {_fmt(early)} ({_fmt(early_l)}) |")
+
+    print("\n## The floor: epochs reading <= -200 dB, of merged epochs with a finite falling loss\n")
+    print("| set-up | epochs | impulse gain | smoothed gain |")
+    print("|---|---|---|---|")
+    for r in summary["floor"]:
+        print(f"| {r['setup']} | {r['epochs']} | {r['impulse']} | {r['smoothed']} |")
+
+    print("\n## Pruning replayed (chosen by final training loss): epochs used / regret\n")
+    ways = list(next(iter(summary["pruning"].values())))
+    print("| set-up | " + " | ".join(ways) + " |")
+    print("|---" * (len(ways) + 1) + "|")
+    for n, row in summary["pruning"].items():
+        print(f"| {n} | " + " | ".join(
+            f"{100 * row[w]['epochs']:.0f} % / {_fmt(row[w]['regret'])}" for w in ways) + " |")
+    means = {w: (np.mean([r[w]["epochs"] for r in summary["pruning"].values()]),
+                 np.mean([r[w]["regret"] for r in summary["pruning"].values()])) for w in ways}
+    print("| mean | " + " | ".join(f"{100 * e:.0f} % / {_fmt(r)}" for e, r in means.values()) + " |")
+
+    print("\n## Diagnosis agreement with the test-curve ground truth\n")
+    total = [0, 0]
+    cells = []
+    for n, (a, t) in summary["diagnosis"].items():
+        cells.append(f"{n}: {a}/{t}")
+        total[0] += a
+        total[1] += t
+    print(", ".join(cells) + f"; all: {total[0]}/{total[1]} = {100 * total[0] / max(1, total[1]):.1f} %")
+
+
+if __name__ == "__main__":
+    print_all(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_OUT)
