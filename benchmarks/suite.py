@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import functools
 import json
-import math
 import os
 import sys
 import time
@@ -407,15 +406,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = args.out
     if args.quick:
         if out is None or out.resolve() == DEFAULT_OUT.resolve():
-            parser.error("--quick needs --out outside benchmarks/results (a smoke run never "
-                         "writes the committed cache)")
+            parser.error(
+                "--quick needs --out outside benchmarks/results (a smoke run never "
+                "writes the committed cache)"
+            )
         SETUPS["s01"] = Setup(
-            "s01", SETUPS["s01"].title, {**SETUPS["s01"].train, "epochs": 4},
-            _points("lr", [1e-3, 1e-2, 0.1]), seeds=(0, 1), role="calib",
+            "s01",
+            SETUPS["s01"].title,
+            {**SETUPS["s01"].train, "epochs": 4},
+            _points("lr", [1e-3, 1e-2, 0.1]),
+            seeds=(0, 1),
+            role="calib",
         )
         SETUPS["s02"] = Setup(
-            "s02", SETUPS["s02"].title, {**SETUPS["s02"].train, "epochs": 4},
-            _points("lr", [1e-3, 1e-2, 0.1]), seeds=(0, 1),
+            "s02",
+            SETUPS["s02"].title,
+            {**SETUPS["s02"].train, "epochs": 4},
+            _points("lr", [1e-3, 1e-2, 0.1]),
+            seeds=(0, 1),
         )
         args.setups, args.train, args.workers = ["s01", "s02"], True, 1  # in this process
     out = out or DEFAULT_OUT

@@ -62,7 +62,7 @@ class SetupRuns:
 
 def load(out: Path, names: Sequence[str] | None = None) -> list[SetupRuns]:
     found = []
-    for path in sorted(out.glob("s*.json")):
+    for path in sorted(out.glob("s[0-9]*.json")):
         body = json.loads(path.read_text())
         meta = body["setup"]
         if names is not None and meta["name"] not in names:
@@ -354,28 +354,36 @@ def floor_counts(setups: Sequence[SetupRuns]) -> list[dict[str, Any]]:
 
 
 def pruning_replay(setup: SetupRuns, seed_order: int = 0) -> dict[str, dict[str, float]]:
-    """Replay the grid as a sequential study (a seeded random order per seed), three ways: no
-    pruning, ``GainPruner`` (the decision core, on the class-mean gain), and Optuna's
-    ``MedianPruner`` on the training loss. The point chosen is the completed trial with the
-    lowest final training loss in all three, so only pruning differs. Returns per way: epochs
-    trained as a fraction of no pruning, and mean regret in points."""
+    """Replay the grid as a sequential Optuna study (a seeded random order per seed), four ways:
+    no pruning; ``GainPruner`` reporting the gain score (the behaviour before the trial score);
+    ``GainPruner`` reporting the trial score (now); Optuna's ``MedianPruner`` on the training
+    loss. The point chosen is the completed trial with the lowest final training loss in all
+    of them, so only pruning differs. Returns per way: epochs trained as a fraction of no
+    pruning, and mean regret in points."""
     import optuna
 
     from gainsearch.integrations.optuna import CURVE_ATTR, GainPruner
+    from gainsearch.objective import gain_score, trial_score
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ways: dict[str, Any] = {
-        "no pruning": optuna.pruners.NopPruner,
-        "GainPruner (gain curve)": GainPruner,
-        "MedianPruner (training loss)": optuna.pruners.MedianPruner,
+
+    def loss(h: History) -> float:
+        value = float(h[-1]["train_loss"])
+        return value if math.isfinite(value) else math.inf
+
+    ways: dict[str, tuple[Callable[[], Any], Callable[[History], float], str]] = {
+        "no pruning": (optuna.pruners.NopPruner, loss, "minimize"),
+        "GainPruner, gain score": (GainPruner, lambda h: gain_score(_gains(h, "gain")), "maximize"),
+        "GainPruner, trial score": (GainPruner, trial_score, "maximize"),
+        "MedianPruner, training loss": (optuna.pruners.MedianPruner, loss, "minimize"),
     }
     out: dict[str, dict[str, float]] = {}
-    for way, make in ways.items():
+    for way, (make, value_of, direction) in ways.items():
         used = full = 0
         regrets = []
         for seed, pairs in setup.grid.items():
             order = np.random.default_rng(1000 * seed_order + seed).permutation(len(pairs))
-            study = optuna.create_study(direction="minimize", pruner=make())
+            study = optuna.create_study(direction=direction, pruner=make())
             finals: list[tuple[float, float]] = []  # (final loss, test accuracy) of completed
             for i in order:
                 run = pairs[int(i)][0]
@@ -383,23 +391,23 @@ def pruning_replay(setup: SetupRuns, seed_order: int = 0) -> dict[str, dict[str,
                 h = run["history"]
                 full += len(h)
                 pruned = False
-                for e, r in enumerate(h, 1):
+                for e in range(1, len(h) + 1):
                     used += 1
-                    trial.set_user_attr(CURVE_ATTR, [float(x["gain"]) for x in h[:e]])
-                    loss = float(r["train_loss"])
-                    trial.report(loss if math.isfinite(loss) else math.inf, e)
-                    if not math.isfinite(loss) or not math.isfinite(float(r["gain"])):
+                    trial.set_user_attr(CURVE_ATTR, _gains(h[:e], "gain"))
+                    diverged = not _finite(_losses(h[:e])) or not _finite(_gains(h[:e], "gain"))
+                    if diverged:
                         trial.set_user_attr("diverged", True)
-                    if trial.should_prune():
+                    value = value_of(h[:e])
+                    trial.report(value if math.isfinite(value) else math.nan, e)
+                    if diverged or trial.should_prune():  # a diverged trial cannot go on
                         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                         pruned = True
                         break
                 if not pruned:
-                    final = float(h[-1]["train_loss"])
-                    ok = run["status"] != "diverged" and math.isfinite(final)
-                    study.tell(trial, final if ok else math.inf)
-                    if ok:
-                        finals.append((final, test_acc(run)))
+                    final = value_of(h)
+                    study.tell(trial, final if math.isfinite(final) else math.nan)
+                    if run["status"] != "diverged" and math.isfinite(loss(h)):
+                        finals.append((loss(h), test_acc(run)))
             best = max(test_acc(m) for m, _ in pairs)
             chosen = min(finals)[1] if finals else 0.0
             regrets.append(100.0 * (best - chosen))
@@ -420,7 +428,8 @@ def diagnosis_agreement(setup: SetupRuns) -> tuple[int, int]:
         best = max(test_acc(m) for m, _ in pairs)
         curves = [_gains(m["history"], "gain") for m, _ in pairs]
         for i, (run, _) in enumerate(pairs):
-            truth, _ = selection.ground_truth(run, best)
+            window = max(1, min(5, len(run["history"]) - 1))  # the epochs grid has 2-epoch runs
+            truth, _ = selection.ground_truth(run, best, window=window)
             losses = _losses(run["history"])
             diverged_at = next((e for e, v in enumerate(losses, 1) if not math.isfinite(v)), None)
             label = diagnose(
@@ -439,7 +448,9 @@ def summarise(setups: Sequence[SetupRuns]) -> dict[str, Any]:
     per_setup: dict[str, Any] = {}
     for s in setups:
         rows = {name: evaluate(s, fn).__dict__ for name, fn in FIXED.items()}
-        rows["-validation loss (80/20 split, reference)"] = evaluate(s, neg_final_loss, split=True).__dict__
+        rows["-validation loss (80/20 split, reference)"] = evaluate(
+            s, neg_final_loss, split=True
+        ).__dict__
         per_setup[s.name] = {
             "title": s.meta["title"],
             "role": s.role,
@@ -489,29 +500,45 @@ def print_tables(summary: dict[str, Any]) -> None:
 
     print("\n## Fixed objectives (no constant), per set-up: Spearman / regret (points)\n")
     objectives = list(next(iter(per.values()))["fixed"])
-    print("| objective | " + " | ".join(names) + " | mean Spearman | mean regret | early Spearman |")
+    print(
+        "| objective | " + " | ".join(names) + " | mean Spearman | mean regret | early Spearman |"
+    )
     print("|---" * (len(names) + 4) + "|")
     for o in objectives:
-        cells = [f"{_fmt(per[n]['fixed'][o]['spearman'])} / {_fmt(per[n]['fixed'][o]['regret'])}" for n in names]
+        cells = [
+            f"{_fmt(per[n]['fixed'][o]['spearman'])} / {_fmt(per[n]['fixed'][o]['regret'])}"
+            for n in names
+        ]
         rho = _nanmean([per[n]["fixed"][o]["spearman"] for n in names])
         reg = float(np.mean([per[n]["fixed"][o]["regret"] for n in names]))
         early = _nanmean([per[n]["fixed"][o]["early"] for n in names])
         print(f"| {o} | " + " | ".join(cells) + f" | {_fmt(rho)} | {_fmt(reg)} | {_fmt(early)} |")
     rnd = [per[n]["random_regret"] for n in names]
-    print("| random choice (expected) | " + " | ".join(f"0 / {_fmt(r)}" for r in rnd)
-          + f" | 0 | {_fmt(float(np.mean(rnd)))} | 0 |")
+    print(
+        "| random choice (expected) | "
+        + " | ".join(f"0 / {_fmt(r)}" for r in rnd)
+        + f" | 0 | {_fmt(float(np.mean(rnd)))} | 0 |"
+    )
 
     loss = {n: per[n]["fixed"]["-final training loss"] for n in names}
-    for protocol, title in (("report", "calibration -> report set-ups"), ("loso", "leave one set-up out")):
+    for protocol, title in (
+        ("report", "calibration -> report set-ups"),
+        ("loso", "leave one set-up out"),
+    ):
         print(f"\n## Families, held out ({title}): Spearman / regret; vs -final training loss\n")
-        print("| family | constant(s) | " + " | ".join(
-            n for n in names if protocol == "loso" or per[n]["role"] != "calib") + " | mean Spearman (loss) | mean regret (loss) | worst regret excess | early Spearman (loss) |")
         scored = [n for n in names if protocol == "loso" or per[n]["role"] != "calib"]
+        print(
+            "| family | constant(s) | "
+            + " | ".join(scored)
+            + " | mean Spearman (loss) | mean regret (loss) | worst regret excess"
+            + " | early Spearman (loss) |"
+        )
         print("|---" * (len(scored) + 6) + "|")
         for family, v in summary["families"].items():
             rows = v[protocol]
             const = (
-                _fmt(v["calib_constant"], 3) if protocol == "report"
+                _fmt(v["calib_constant"], 3)
+                if protocol == "report"
                 else ", ".join(sorted({_fmt(c, 3) for c in v["loso_constants"].values()}))
             )
             cells = [f"{_fmt(rows[n]['spearman'])} / {_fmt(rows[n]['regret'])}" for n in scored]
@@ -522,11 +549,16 @@ def print_tables(summary: dict[str, Any]) -> None:
             worst = max(rows[n]["regret"] - loss[n]["regret"] for n in scored)
             early = _nanmean([rows[n]["early"] for n in scored])
             early_l = _nanmean([loss[n]["early"] for n in scored])
-            print(f"| {family} | {const} | " + " | ".join(cells)
-                  + f" | {_fmt(rho)} ({_fmt(rho_l)}) | {_fmt(reg)} ({_fmt(reg_l)}) | {_fmt(worst)}"
-                  + f" | {_fmt(early)} ({_fmt(early_l)}) |")
+            print(
+                f"| {family} | {const} | "
+                + " | ".join(cells)
+                + f" | {_fmt(rho)} ({_fmt(rho_l)}) | {_fmt(reg)} ({_fmt(reg_l)}) | {_fmt(worst)}"
+                + f" | {_fmt(early)} ({_fmt(early_l)}) |"
+            )
 
-    print("\n## The floor: epochs reading <= -200 dB, of merged epochs with a finite falling loss\n")
+    print(
+        "\n## The floor: epochs reading <= -200 dB, of merged epochs with a finite falling loss\n"
+    )
     print("| set-up | epochs | impulse gain | smoothed gain |")
     print("|---|---|---|---|")
     for r in summary["floor"]:
@@ -537,11 +569,21 @@ def print_tables(summary: dict[str, Any]) -> None:
     print("| set-up | " + " | ".join(ways) + " |")
     print("|---" * (len(ways) + 1) + "|")
     for n, row in summary["pruning"].items():
-        print(f"| {n} | " + " | ".join(
-            f"{100 * row[w]['epochs']:.0f} % / {_fmt(row[w]['regret'])}" for w in ways) + " |")
-    means = {w: (np.mean([r[w]["epochs"] for r in summary["pruning"].values()]),
-                 np.mean([r[w]["regret"] for r in summary["pruning"].values()])) for w in ways}
-    print("| mean | " + " | ".join(f"{100 * e:.0f} % / {_fmt(r)}" for e, r in means.values()) + " |")
+        print(
+            f"| {n} | "
+            + " | ".join(f"{100 * row[w]['epochs']:.0f} % / {_fmt(row[w]['regret'])}" for w in ways)
+            + " |"
+        )
+    means = {
+        w: (
+            np.mean([r[w]["epochs"] for r in summary["pruning"].values()]),
+            np.mean([r[w]["regret"] for r in summary["pruning"].values()]),
+        )
+        for w in ways
+    }
+    print(
+        "| mean | " + " | ".join(f"{100 * e:.0f} % / {_fmt(r)}" for e, r in means.values()) + " |"
+    )
 
     print("\n## Diagnosis agreement with the test-curve ground truth\n")
     total = [0, 0]
@@ -550,7 +592,10 @@ def print_tables(summary: dict[str, Any]) -> None:
         cells.append(f"{n}: {a}/{t}")
         total[0] += a
         total[1] += t
-    print(", ".join(cells) + f"; all: {total[0]}/{total[1]} = {100 * total[0] / max(1, total[1]):.1f} %")
+    print(
+        ", ".join(cells)
+        + f"; all: {total[0]}/{total[1]} = {100 * total[0] / max(1, total[1]):.1f} %"
+    )
 
 
 if __name__ == "__main__":

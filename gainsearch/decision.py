@@ -17,8 +17,10 @@ first ``t`` readings, only those that reached epoch ``t`` with finite gains):
    curve from a good learning rate's steep early rise, whose differences also spread widely
    (without it, ``benchmarks/selection.py`` replayed on digits pruned the best rate in one seed
    of five: regret 4.28 points; with it 0.39);
-5. score below the ``percentile``-th percentile of the peers' scores -> prune
-   (``below_percentile``);
+5. score below the ``percentile``-th percentile of the peers' scores at the same epoch -> prune
+   (``below_percentile``). The score is the value the study optimises, as reported per epoch
+   (``values``/``peer_values``: the trial score by default, see :mod:`gainsearch.objective`);
+   without them, the gain score of the curves;
 6. otherwise continue.
 
 NaN policy: a trial whose curve holds NaN/inf is pruned at once (it diverged); peers with
@@ -117,6 +119,8 @@ def decide(
     *,
     config: DecisionConfig | None = None,
     diverged: bool = False,
+    values: Sequence[float] | np.ndarray | None = None,
+    peer_values: Sequence[Sequence[float] | np.ndarray] | None = None,
 ) -> Decision:
     """Decide whether the trial with gain ``curve`` continues, against its ``peers``.
 
@@ -125,16 +129,24 @@ def decide(
         peers: Other trials' gain curves (any lengths).
         config: Thresholds.
         diverged: The trainer saw a non-finite training loss.
+        values: The objective the study optimises, one value per epoch so far, higher is
+            better (e.g. :func:`gainsearch.objective.trial_score` of each epoch's history). The
+            percentile rule compares ``values[t - 1]`` with the peers' value at epoch ``t``.
+            ``None``: the gain score of ``curve`` and of the peers' curves.
+        peer_values: Other trials' values per epoch (any lengths; needed with ``values``). Peers
+            without a finite value at epoch ``t`` are left out of the percentile rule.
     """
+    if (values is None) != (peer_values is None):
+        raise ValueError("values and peer_values go together: pass both or neither.")
     cfg = config or DecisionConfig()
-    values = np.asarray(curve, dtype=np.float64).ravel()
-    t = int(values.size)
-    if diverged or not np.all(np.isfinite(values)):
-        bad = np.flatnonzero(~np.isfinite(values))
+    gains = np.asarray(curve, dtype=np.float64).ravel()
+    t = int(gains.size)
+    if diverged or not np.all(np.isfinite(gains)):
+        bad = np.flatnonzero(~np.isfinite(gains))
         at = int(bad[0]) + 1 if bad.size else t
         what = "gain" if bad.size else "training loss"
         return Decision(True, DIVERGED, f"diverged: the {what} became non-finite at epoch {at}", t)
-    score = gain_score(values, config=cfg.score, diagnosis=cfg.diagnosis) if t else math.nan
+    score = gain_score(gains, config=cfg.score, diagnosis=cfg.diagnosis) if t else math.nan
     if t < cfg.warmup_epochs:
         return Decision(False, WARMUP, f"warm-up: epoch {t} of {cfg.warmup_epochs}", t, score)
     heads = []
@@ -146,11 +158,11 @@ def decide(
     if n < cfg.min_peers:
         reason = f"{n} peer(s) reached epoch {t}; {cfg.min_peers} are needed to compare"
         return Decision(False, FEW_PEERS, reason, t, score, n)
-    feats = compute_features(values, config=cfg.diagnosis)
+    feats = compute_features(gains, config=cfg.diagnosis)
     peer_var = float(
         np.median([compute_features(h, config=cfg.diagnosis).variability for h in heads])
     )
-    window = values[-(cfg.diagnosis.window + 1) :]
+    window = gains[-(cfg.diagnosis.window + 1) :]
     drop = float(np.max(window[:-1] - window[1:])) if window.size > 1 else 0.0
     if (
         feats.variability > cfg.min_variability
@@ -163,14 +175,29 @@ def decide(
             f"and the gain fell {drop:.2f} dB"
         )
         return Decision(True, TOO_VARIABLE, reason, t, score, n)
-    peer_scores = [gain_score(h, config=cfg.score, diagnosis=cfg.diagnosis) for h in heads]
+    what, fmt = "gain score", ".2f"
+    if values is None or peer_values is None:
+        peer_scores = [gain_score(h, config=cfg.score, diagnosis=cfg.diagnosis) for h in heads]
+    else:
+        what, fmt = "score", ".3g"
+        own = np.asarray(values, dtype=np.float64).ravel()
+        score = float(own[t - 1]) if own.size >= t else math.nan
+        peer_scores = [
+            float(p[t - 1])
+            for p in (np.asarray(v, dtype=np.float64).ravel() for v in peer_values)
+            if p.size >= t and math.isfinite(float(p[t - 1]))
+        ]
+        n = len(peer_scores)
+        if n < cfg.min_peers or not math.isfinite(score):
+            reason = f"{n} peer(s) have a score at epoch {t}; {cfg.min_peers} are needed"
+            return Decision(False, FEW_PEERS, reason, t, score, n)
     cutoff = float(np.percentile(peer_scores, cfg.percentile))
     if score < cutoff:
         reason = (
-            f"gain score {score:.2f} at epoch {t} is below the {cfg.percentile:g}th percentile "
-            f"of {n} peers ({cutoff:.2f})"
+            f"{what} {score:{fmt}} at epoch {t} is below the {cfg.percentile:g}th percentile "
+            f"of {n} peers ({cutoff:{fmt}})"
         )
         return Decision(True, BELOW_PERCENTILE, reason, t, score, n)
     return Decision(
-        False, CONTINUE, f"score {score:.2f} at epoch {t} is within its peers", t, score, n
+        False, CONTINUE, f"score {score:{fmt}} at epoch {t} is within its peers", t, score, n
     )

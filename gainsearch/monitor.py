@@ -183,7 +183,8 @@ class GainMonitor:
     def __repr__(self) -> str:
         return (
             f"GainMonitor(in_shape={self.in_shape}, target={self.target!r}, "
-            f"normalize={self.normalize}, smoothing={self.smoothing}, readings={len(self._history)})"
+            f"normalize={self.normalize}, smoothing={self.smoothing}, "
+            f"readings={len(self._history)})"
         )
 
     # ---------------------------------------------------------------------------------------

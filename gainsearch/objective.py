@@ -1,6 +1,17 @@
-"""Gain curve -> one scalar score, higher is better (the objective and intermediate value).
+"""Per-epoch records -> one scalar score, higher is better (the objective and intermediate value).
 
-Default formula (``ScoreConfig``)::
+**The trial score** (:func:`trial_score`, metric ``trial_score``, the default of both back
+ends) is what ``benchmarks/suite.py`` found to choose as well as, or better than, the free
+training loss on set-ups it was not calibrated on (README "Evidence")::
+
+    trial_score = -log10(final training loss) + gain_weight * gain score / 20   # decades
+
+the gain term counted only in the first ``early_epochs`` epochs (``TrialScoreConfig``): early,
+when a pruner compares trials, the gain ranks them better than the loss alone; at the end, the
+training loss alone chooses (the gain score there lost to it on the suite). A diverged trial
+(non-finite loss or gain) scores ``nan``.
+
+**The gain score** (metric ``score``, the paper-based objective of earlier versions)::
 
     score = level - variability_weight * variability          # dB
 
@@ -18,17 +29,26 @@ studies: any numeric :class:`~gainsearch.features.CurveFeatures` field, e.g. ``l
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from gainsearch.features import CurveFeatures, DiagnosisConfig, compute_features
 
-__all__ = ["METRICS", "ScoreConfig", "curve_metric", "gain_score"]
+__all__ = [
+    "METRICS",
+    "ScoreConfig",
+    "TrialScoreConfig",
+    "curve_metric",
+    "gain_score",
+    "trial_score",
+]
 
-#: Metrics a study may optimise: the score and the numeric curve features.
+#: Metrics a study may optimise: the trial score, the gain score and the numeric curve features.
 METRICS = (
+    "trial_score",
     "score",
     "level",
     "last",
@@ -61,6 +81,72 @@ class ScoreConfig:
             )
 
 
+@dataclass(frozen=True)
+class TrialScoreConfig:
+    """Form of :func:`trial_score`. The defaults were chosen on the calibration set-ups of
+    ``benchmarks/suite.py`` (never on the set-ups whose figures the README reports).
+
+    Attributes:
+        gain_weight: Decades of score per 20 dB of gain score (0: the training loss alone).
+        early_epochs: The gain term counts while the history has at most this many epochs;
+            ``None``: at every epoch.
+    """
+
+    gain_weight: float = 0.5
+    early_epochs: int | None = 3
+
+    def __post_init__(self) -> None:
+        w = self.gain_weight
+        if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+            raise ValueError(
+                f"gain_weight must be a non-negative number, but got gain_weight={w!r}."
+            )
+        e = self.early_epochs
+        if e is not None and (isinstance(e, bool) or not isinstance(e, int) or e < 1):
+            raise ValueError(
+                f"early_epochs must be a positive integer or None, but got early_epochs={e!r}."
+            )
+
+
+def trial_score(
+    history: Sequence[Mapping[str, Any]], *, config: TrialScoreConfig | None = None
+) -> float:
+    """The value both back ends optimise, from a trial's per-epoch records (higher is better).
+
+    Args:
+        history: One record per epoch so far, oldest first, each with at least ``train_loss``
+            and ``gain`` (``TrialResult.history``; your own loop: ``{"train_loss": ...,
+            "gain": reading.gain}``).
+        config: The score's form (default :class:`TrialScoreConfig`).
+
+    Returns:
+        ``-log10(last train_loss) + gain_weight * gain_score(gains) / 20`` (the gain term only in
+        the first ``early_epochs`` epochs); ``nan`` for an empty or diverged history (a
+        non-finite loss or gain).
+
+    Raises:
+        ValueError: a record lacks ``train_loss`` or ``gain``.
+    """
+    cfg = config or TrialScoreConfig()
+    losses, gains = [], []
+    for i, record in enumerate(history):
+        missing = [k for k in ("train_loss", "gain") if k not in record]
+        if missing:
+            raise ValueError(
+                f"trial_score needs 'train_loss' and 'gain' in every record, but record {i} "
+                f"has {sorted(record)}."
+            )
+        losses.append(float(record["train_loss"]))
+        gains.append(float(record["gain"]))
+    if not losses or not all(math.isfinite(v) for v in losses + gains):
+        return math.nan
+    value = -math.log10(max(losses[-1], 1e-12))  # a loss of exactly 0 counts as 1e-12
+    early = cfg.early_epochs is None or len(gains) <= cfg.early_epochs
+    if cfg.gain_weight and early:
+        value += cfg.gain_weight * gain_score(gains) / 20.0
+    return float(value)
+
+
 def gain_score(
     curve: Sequence[float] | np.ndarray | CurveFeatures,
     *,
@@ -81,10 +167,30 @@ def curve_metric(
     *,
     config: ScoreConfig | None = None,
     diagnosis: DiagnosisConfig | None = None,
+    train_loss: Sequence[float] | None = None,
+    trial: TrialScoreConfig | None = None,
 ) -> float:
-    """One metric of :data:`METRICS` for a gain curve; ``nan`` if the curve diverged."""
+    """One metric of :data:`METRICS` for a gain curve; ``nan`` if the curve diverged.
+
+    ``trial_score`` also needs ``train_loss`` (one value per epoch) and the raw ``curve``.
+    """
     if name not in METRICS:
         raise ValueError(f"Unknown metric {name!r}; available metrics are {list(METRICS)}.")
+    if name == "trial_score":
+        if train_loss is None or isinstance(curve, CurveFeatures):
+            raise ValueError(
+                "metric 'trial_score' needs the gain curve and the training loss per epoch "
+                "(train_loss=...)."
+            )
+        gains = [float(v) for v in np.asarray(curve, dtype=np.float64).ravel()]
+        losses = [float(v) for v in train_loss]
+        if len(losses) != len(gains):
+            raise ValueError(
+                f"train_loss has {len(losses)} value(s) but the gain curve {len(gains)}: one "
+                "training loss per measured epoch is needed for 'trial_score'."
+            )
+        records = [{"train_loss": v, "gain": g} for v, g in zip(losses, gains, strict=True)]
+        return trial_score(records, config=trial)
     feats = curve if isinstance(curve, CurveFeatures) else compute_features(curve, config=diagnosis)
     if name == "score":
         return gain_score(feats, config=config)

@@ -14,9 +14,11 @@ hyperparameters and configures the objective and the pruner::
       batch_size: {type: categorical, choices: [32, 64, 128]}
       weight_decay: {type: float, low: 0.0, high: 1.0e-3, step: 1.0e-4}
     objective:
-      metric: score                 # or a list for multi-objective: [level, variability]
+      metric: trial_score           # (default) or score, level, ...; a list for multi-objective
       mode: max                     # or a list: [max, min]
-      variability_weight: 1.0       # the score's weight (see gainsearch.objective)
+      gain_weight: 0.5              # the trial score's form (see gainsearch.objective)
+      early_epochs: 3
+      variability_weight: 1.0       # the gain score's weight
     pruner:
       type: gain                    # gain | median | asha | none
       warmup_epochs: 1              # the decision core's settings (gainsearch.decision)
@@ -44,7 +46,7 @@ import yaml
 
 from gainsearch.decision import DecisionConfig
 from gainsearch.features import DiagnosisConfig
-from gainsearch.objective import METRICS, ScoreConfig
+from gainsearch.objective import METRICS, ScoreConfig, TrialScoreConfig
 from gainsearch.train import TrainConfig
 
 __all__ = [
@@ -108,9 +110,10 @@ class ExperimentSpec:
     name: str
     train: dict[str, Any]
     search: dict[str, ParamSpec]
-    metrics: tuple[str, ...] = ("score",)
+    metrics: tuple[str, ...] = ("trial_score",)
     modes: tuple[str, ...] = ("max",)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    trial: TrialScoreConfig = field(default_factory=TrialScoreConfig)
     pruner: str = "gain"
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     sampler: str = "tpe"
@@ -146,6 +149,8 @@ class ExperimentSpec:
             "objective": {
                 "metric": list(self.metrics) if self.multi_objective else self.metrics[0],
                 "mode": list(self.modes) if self.multi_objective else self.modes[0],
+                "gain_weight": self.trial.gain_weight,
+                "early_epochs": self.trial.early_epochs,
                 "variability_weight": self.score.variability_weight,
             },
             "pruner": {
@@ -323,8 +328,12 @@ def parse_spec(data: Mapping[str, Any]) -> ExperimentSpec:
                 raise SpecError(f"search.{key}: the value {value!r} is not allowed: {err}") from err
 
     objective = _mapping("objective", data.get("objective", {}))
-    _no_unknown("objective", objective, ("metric", "mode", "variability_weight"))
-    metrics = _as_tuple(objective.get("metric", "score"))
+    _no_unknown(
+        "objective",
+        objective,
+        ("metric", "mode", "gain_weight", "early_epochs", "variability_weight"),
+    )
+    metrics = _as_tuple(objective.get("metric", "trial_score"))
     modes = _as_tuple(
         objective.get("mode", ["max" if m != "variability" else "min" for m in metrics])
     )
@@ -347,6 +356,11 @@ def parse_spec(data: Mapping[str, Any]) -> ExperimentSpec:
         )
     try:
         score = ScoreConfig(variability_weight=objective.get("variability_weight", 1.0))
+        defaults = TrialScoreConfig()
+        trial = TrialScoreConfig(
+            gain_weight=objective.get("gain_weight", defaults.gain_weight),
+            early_epochs=objective.get("early_epochs", defaults.early_epochs),
+        )
     except ValueError as err:
         raise SpecError(f"objective.{err}") from err
 
@@ -389,6 +403,7 @@ def parse_spec(data: Mapping[str, Any]) -> ExperimentSpec:
         metrics=metrics,
         modes=modes,
         score=score,
+        trial=trial,
         pruner=pruner,
         decision=decision,
         sampler=sampler,

@@ -350,7 +350,7 @@ def train_trial(
     torch.manual_seed(cfg.seed)
     model = _build_model(cfg, data).to(device)
     if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = _make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(data.x_train.shape[0] / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

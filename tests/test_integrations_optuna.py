@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 import gainsearch.integrations.optuna as optuna_backend
 from gainsearch.decision import DecisionConfig, decide
 from gainsearch.integrations.optuna import GainPruner, report_gain, run_study
+from gainsearch.objective import gain_score
 from gainsearch.spaces import parse_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -25,9 +26,16 @@ SLOW = [float(v) for v in -10 + 0.5 * E]
 JAGGED = [float(v) for v in 10 + 4 * (-1.0) ** E]
 
 
+def scores(curve: list[float]) -> list[float]:
+    """The gain score at every epoch: what report_gain(metric="score") reports."""
+    return [gain_score(curve[:e]) for e in range(1, len(curve) + 1)]
+
+
 def add_peer(study: optuna.Study, curve: list[float]) -> None:
     trial = study.ask()
     trial.set_user_attr("gain_curve", curve)
+    for epoch, value in enumerate(scores(curve), 1):
+        trial.report(value, epoch)
     study.tell(trial, curve[-1])
 
 
@@ -41,7 +49,9 @@ def study_with_peers(
 
 
 def run_epochs(study: optuna.Study, curve: list[float], **kwargs: object) -> tuple[int, str]:
-    """Report ``curve`` epoch by epoch; returns (epochs reported, prune reason or '')."""
+    """Report ``curve`` epoch by epoch (the gain score unless ``metric`` is given); returns
+    (epochs reported, prune reason or '')."""
+    kwargs.setdefault("metric", "score")
     trial = study.ask()
     for epoch in range(1, len(curve) + 1):
         try:
@@ -66,7 +76,7 @@ def test_trainer_divergence_flag_prunes() -> None:
     study = study_with_peers()
     trial = study.ask()
     with pytest.raises(optuna.TrialPruned, match="training loss"):
-        report_gain(trial, [5.0], 1, diverged=True)
+        report_gain(trial, [5.0], 1, diverged=True, metric="score")
 
 
 def test_too_variable_after_warmup_with_reason() -> None:
@@ -102,7 +112,8 @@ def test_good_trial_completes_and_records_features() -> None:
     # the same curve with a fitted training set: overfitting; the decisions do not change
     fitted = study.ask()
     for epoch in range(1, len(GOOD) + 1):
-        report_gain(fitted, GOOD[:epoch], epoch, train_loss=[0.5**e for e in range(1, epoch + 1)])
+        losses = [0.5**e for e in range(1, epoch + 1)]
+        report_gain(fitted, GOOD[:epoch], epoch, train_loss=losses, metric="score")
     assert fitted.user_attrs["diagnosis"] == "overfitting"
     assert "fitted" in fitted.user_attrs["diagnosis_reason"]
 
@@ -118,10 +129,20 @@ def test_pruner_matches_the_decision_core() -> None:
             add_peer(study, peer)
         trial = study.ask()
         trial.set_user_attr("gain_curve", curve)
+        for epoch, value in enumerate(scores(curve), 1):
+            trial.report(value, epoch)
         frozen = study._storage.get_trial(trial._trial_id)
-        expected = decide(curve, peers, config=config)
+        expected = decide(
+            curve,
+            peers,
+            config=config,
+            values=scores(curve),
+            peer_values=[scores(p) for p in peers],
+        )
         assert study.pruner.prune(study, frozen) == expected.prune
         assert study.pruner.decision(study, frozen).reason == expected.reason
+        # reporting the gain score, the values give the gain-score rule's decisions
+        assert expected.prune == decide(curve, peers, config=config).prune
 
 
 def test_pruner_without_a_gain_curve_is_a_clear_error() -> None:

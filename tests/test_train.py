@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import threading
 from pathlib import Path
 
@@ -15,7 +17,9 @@ from gainsearch.train import (
     STOPPED,
     EpochContext,
     TrainConfig,
+    augment_batch,
     load_checkpoint,
+    lr_factor,
     train_trial,
 )
 
@@ -190,6 +194,24 @@ def test_divergence_stops_cleanly(digits: TensorData) -> None:
         ({"device": "gpu0"}, r"device must be a torch device.*'gpu0'"),
         ({"eval_test": "yes"}, r"eval_test must be true or false"),
         ({"learning_rate": 0.1}, r"unknown training setting\(s\) \['learning_rate'\]"),
+        ({"schedule": "step"}, r"schedule must be one of 'constant', 'cosine', 'onecycle'.*'step'"),
+        ({"warmup_epochs": 3}, r"warmup_epochs must be a number in \[0, epochs=3\).*=3"),
+        ({"warmup_epochs": -1}, r"warmup_epochs must be a number in \[0, epochs=3\).*=-1"),
+        ({"label_smoothing": 1.0}, r"label_smoothing must be a number in \[0, 1\).*=1.0"),
+        ({"dropout": 1.2}, r"dropout must be a number in \[0, 1\) or None.*dropout=1.2"),
+        ({"augment": "heavy"}, r"augment must be one of 'none', 'standard'.*'heavy'"),
+        ({"precision": "8"}, r"precision must be one of '32', 'bf16', '16'.*'8'"),
+        ({"precision": "16"}, r"precision must be '32' or 'bf16' on a non-CUDA device.*'16'"),
+        ({"nesterov": "yes"}, r"nesterov must be true or false.*'yes'"),
+        ({"nesterov": True, "optimizer": "adam"}, r"nesterov must be false unless optimizer"),
+        ({"nesterov": True, "momentum": 0.0}, r"nesterov must be false unless .* momentum > 0"),
+        ({"channels_last": 1}, r"channels_last must be true or false.*=1"),
+        ({"gain_smoothing": -1.0}, r"gain_smoothing must be a non-negative number.*=-1.0"),
+        ({"model_args": [1]}, r"model_args must be a mapping of keyword arguments.*\[1\]"),
+        ({"model": "nosuchmodule_xyz:build"}, r"module 'nosuchmodule_xyz' cannot be imported"),
+        ({"model": "math:nothing"}, r"module 'math' has no attribute 'nothing'"),
+        ({"model": "math:pi"}, r"'pi' is not callable"),
+        ({"model": ":build"}, r"is not an import path: expected 'module.path:callable'"),
     ],
 )
 def test_config_errors(override: dict, match: str) -> None:
@@ -200,3 +222,151 @@ def test_config_errors(override: dict, match: str) -> None:
 def test_from_dict_coerces_integral_floats() -> None:
     assert TrainConfig.from_dict({"lr": 1}).lr == 1.0
     assert TrainConfig.from_dict({"momentum": 0}).momentum == 0.0
+    assert TrainConfig.from_dict({"precision": 32}).precision == "32"  # YAML's `precision: 32`
+    assert TrainConfig.from_dict({"warmup_epochs": 1}).warmup_epochs == 1.0
+
+
+def lrs_of(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
+    return [lr_factor(cfg, steps_per_epoch, s) for s in range(cfg.epochs * steps_per_epoch)]
+
+
+def test_schedules_warm_up_then_follow_their_shape() -> None:
+    constant = lrs_of(TrainConfig(epochs=4, warmup_epochs=1), 10)
+    assert constant[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])  # linear warm-up
+    assert constant[10:] == [1.0] * 30
+    cosine = lrs_of(TrainConfig(epochs=4, schedule="cosine"), 10)
+    assert cosine[0] == 1.0 and cosine[20] == pytest.approx(0.5) and cosine[-1] < 0.01
+    assert all(a >= b for a, b in itertools.pairwise(cosine))  # never rises
+    warm_cos = lrs_of(TrainConfig(epochs=4, schedule="cosine", warmup_epochs=1), 10)
+    assert warm_cos[9] == 1.0 and warm_cos[-1] < 0.01
+    one = lrs_of(TrainConfig(epochs=10, schedule="onecycle"), 10)  # rises over 30 % of 100 steps
+    assert one[0] == pytest.approx(1 / 25) and max(one) == one[30] == pytest.approx(1.0)
+    assert one[-1] < 1e-3
+
+
+def test_the_learning_rate_of_every_epoch_is_recorded_and_steps_per_batch(
+    digits: TensorData,
+) -> None:
+    cfg = {**FAST, "epochs": 3, "schedule": "cosine", "warmup_epochs": 1, "lr": 0.05}
+    result = train_trial(cfg, data=digits)
+    steps = -(-digits.x_train.shape[0] // FAST["batch_size"])  # ceil
+    config = TrainConfig.from_dict(cfg)
+    expected = [0.05 * lr_factor(config, steps, e * steps - 1) for e in (1, 2, 3)]
+    assert [r["lr"] for r in result.history] == pytest.approx(expected)
+    assert result.history[0]["lr"] == pytest.approx(0.05)  # end of the warm-up epoch
+    assert result.history[-1]["lr"] < 0.05 * 0.01  # the cosine ends near zero
+
+
+def test_resume_continues_the_schedule_and_the_augmentation(
+    digits: TensorData, tmp_path: Path
+) -> None:
+    cfg = {
+        **FAST,
+        "epochs": 4,
+        "optimizer": "adamw",
+        "weight_decay": 0.01,
+        "schedule": "onecycle",
+        "augment": "standard",
+        "label_smoothing": 0.1,
+        "dropout": 0.2,
+    }
+    straight = train_trial(cfg, data=digits)
+
+    def crash_after_two(ctx: EpochContext) -> None:
+        if ctx.epoch == 2:
+            raise RuntimeError("node lost")
+
+    ckpt = tmp_path / "checkpoint.pt"
+    with pytest.raises(RuntimeError, match="node lost"):
+        train_trial(cfg, data=digits, checkpoint_path=ckpt, callbacks=[crash_after_two])
+    resumed = train_trial(cfg, data=digits, checkpoint_path=ckpt)
+    assert [r["lr"] for r in resumed.history] == [r["lr"] for r in straight.history]
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+    assert same_weights(resumed.model, straight.model)
+
+
+def test_modern_recipe_settings_change_training(digits: TensorData) -> None:
+    base = train_trial(FAST, data=digits)
+    for override in (
+        {"augment": "standard"},
+        {"label_smoothing": 0.2},
+        {"dropout": 0.3},
+        {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1},
+        {"nesterov": True},
+        {"precision": "bf16"},
+        {"channels_last": True},
+    ):
+        other = train_trial({**FAST, **override}, data=digits)
+        changes = other.history[-1]["train_loss"] != base.history[-1]["train_loss"]
+        assert changes or override == {"channels_last": True}, override
+        again = train_trial({**FAST, **override}, data=digits)  # same seed, same batches
+        assert [r["train_loss"] for r in again.history] == [
+            r["train_loss"] for r in other.history
+        ], override
+    smoothed = train_trial({**FAST, "label_smoothing": 0.2}, data=digits)
+    # the recorded loss is the optimised one: label smoothing keeps it above plain CE's floor
+    assert smoothed.history[-1]["train_loss"] > base.history[-1]["train_loss"]
+
+
+def test_augment_batch_crops_shifted_copies_and_flips_colour_only() -> None:
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8) + 1
+    out = augment_batch(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    for i in range(2):  # each image is a 8x8 window of its zero-padded self (pad 8 // 8 = 1)
+        windows = [padded[i, :, dy : dy + 8, dx : dx + 8] for dy in range(3) for dx in range(3)]
+        assert any(torch.equal(out[i], w) for w in windows)
+    again = augment_batch(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    colour = torch.rand(64, 3, 32, 32)
+    crops = augment_batch(colour, torch.Generator().manual_seed(1))
+    unflipped = [
+        any(
+            torch.equal(
+                crops[i], torch.nn.functional.pad(colour, (4,) * 4)[i, :, a : a + 32, b : b + 32]
+            )
+            for a in range(9)
+            for b in range(9)
+        )
+        for i in range(64)
+    ]
+    assert 10 < sum(unflipped) < 54  # about half the colour images are flipped
+
+
+OWN_MODULE = """
+import torch
+from torch import nn
+
+
+def build(in_shape, num_classes, hidden=8):
+    c, h, w = in_shape
+    return nn.Sequential(
+        nn.Conv2d(c, hidden, 3, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(hidden * h * w, num_classes),
+    )
+
+
+def wrong_output(in_shape, num_classes):
+    return nn.Flatten()
+
+
+def not_a_module(in_shape, num_classes):
+    return 42
+"""
+
+
+def test_own_model_by_import_path(
+    digits: TensorData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mynets_gs_test.py").write_text(OWN_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = {**FAST, "model": "mynets_gs_test:build", "model_args": {"hidden": 4}}
+    result = train_trial(cfg, data=digits)
+    assert result.status == COMPLETED and all(math.isfinite(g) for g in result.gains)
+    assert result.model[0].out_channels == 4
+    with pytest.raises(ValueError, match=r"must return logits of shape \(N, 10\).*\(2, 64\)"):
+        train_trial({**FAST, "model": "mynets_gs_test:wrong_output"}, data=digits)
+    with pytest.raises(ValueError, match=r"must return a torch.nn.Module, but returned int"):
+        train_trial({**FAST, "model": "mynets_gs_test:not_a_module"}, data=digits)
+    with pytest.raises(ValueError, match=r"must accept in_shape, num_classes and the model_args"):
+        train_trial({**cfg, "model_args": {"depth": 3}}, data=digits)

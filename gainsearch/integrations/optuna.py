@@ -42,7 +42,7 @@ from gainsearch.data import TensorData, load_dataset
 from gainsearch.decision import Decision, DecisionConfig, decide
 from gainsearch.features import diagnose
 from gainsearch.monitor import GainMonitor
-from gainsearch.objective import ScoreConfig, curve_metric
+from gainsearch.objective import ScoreConfig, TrialScoreConfig, curve_metric
 from gainsearch.spaces import ExperimentSpec, spec_differences
 from gainsearch.train import EpochContext, TrainConfig, train_trial
 
@@ -69,8 +69,9 @@ class GainPruner(BasePruner):
     Diverged trials (a non-finite gain, or the trainer's ``diverged`` flag) are pruned at once.
     After ``warmup_epochs``, with at least ``min_peers`` finished trials (complete or pruned)
     that reached the same epoch, a trial is pruned when its variability is far above the
-    peers' median (learning rate too high) or its gain score is below the ``percentile``-th
-    percentile of theirs. See :mod:`gainsearch.decision` for the exact rules.
+    peers' median (learning rate too high) or the value it reported at this epoch (the study's
+    objective: the trial score by default) is below the ``percentile``-th percentile of the
+    peers' values at the same epoch. See :mod:`gainsearch.decision` for the exact rules.
 
     NaN policy: a trial whose gain curve holds NaN/inf is pruned; peers with non-finite gains
     before the epoch compared are ignored.
@@ -104,6 +105,8 @@ class GainPruner(BasePruner):
             variability_factor=variability_factor,
             min_variability=min_variability,
         )
+        #: trial number -> the decision that pruned it (read by :func:`report_gain`).
+        self.last_decisions: dict[int, Decision] = {}
 
     def decision(self, study: optuna.Study, trial: FrozenTrial) -> Decision:
         """The decision core's verdict (with its reason) for ``trial``."""
@@ -113,24 +116,50 @@ class GainPruner(BasePruner):
                 "with gainsearch.integrations.optuna.report_gain(trial, monitor). The trial has "
                 f"user attributes {sorted(trial.user_attrs)}."
             )
+        curves, values = _peers(study, exclude=trial.number)
+        single = len(study.directions) == 1  # multi-objective trials report no values
         return decide(
             trial.user_attrs[CURVE_ATTR],
-            peer_curves(study, exclude=trial.number),
+            curves,
             config=self.config,
             diverged=bool(trial.user_attrs.get("diverged", False)),
+            values=_values(study, trial) if single else None,
+            peer_values=values if single else None,
         )
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        return self.decision(study, trial).prune
+        verdict = self.decision(study, trial)
+        if verdict.prune:  # report_gain reads the reason from here
+            self.last_decisions[trial.number] = verdict
+        return verdict.prune
 
 
 def peer_curves(study: optuna.Study, exclude: int | None = None) -> list[list[float]]:
     """Gain curves of the study's finished (complete or pruned) trials."""
-    curves = []
+    return _peers(study, exclude)[0]
+
+
+def _peers(
+    study: optuna.Study, exclude: int | None = None
+) -> tuple[list[list[float]], list[list[float]]]:
+    """Gain curves and reported values per epoch (higher is better) of the finished trials."""
+    curves, values = [], []
     for t in study.get_trials(deepcopy=False, states=FINISHED):
         if t.number != exclude and CURVE_ATTR in t.user_attrs:
             curves.append(t.user_attrs[CURVE_ATTR])
-    return curves
+            values.append(_values(study, t))
+    return curves, values
+
+
+def _values(study: optuna.Study, trial: FrozenTrial) -> list[float]:
+    """The trial's intermediate values by epoch (1..t), sign-flipped for a minimised study, so
+    that higher is better; NaN where an epoch was not reported."""
+    reported = trial.intermediate_values
+    if len(study.directions) > 1:
+        return []
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else 1.0
+    last = max(reported, default=0)
+    return [sign * float(reported.get(e, math.nan)) for e in range(1, last + 1)]
 
 
 def report_gain(
@@ -138,10 +167,11 @@ def report_gain(
     monitor: GainMonitor | Sequence[float],
     epoch: int | None = None,
     *,
-    metric: str | Sequence[str] = "score",
+    metric: str | Sequence[str] = "trial_score",
     diverged: bool = False,
     score_config: ScoreConfig | None = None,
     train_loss: Sequence[float] | float | None = None,
+    trial_config: TrialScoreConfig | None = None,
 ) -> float | tuple[float, ...]:
     """Report one epoch of a trial's gain to Optuna; prune if the decision core says so.
 
@@ -156,12 +186,16 @@ def report_gain(
         trial: The running Optuna trial.
         monitor: The trial's :class:`GainMonitor` (or its gain curve).
         epoch: The epoch just measured (default: the monitor's last).
-        metric: What the study optimises: ``"score"`` or other :data:`METRICS` (a sequence
-            for multi-objective studies, in the study's direction order).
+        metric: What the study optimises: ``"trial_score"`` (the default:
+            :func:`gainsearch.trial_score`, which needs ``train_loss`` per epoch), ``"score"``
+            (the gain score) or other :data:`METRICS` (a sequence for multi-objective studies,
+            in the study's direction order).
         diverged: The training loss went non-finite (the trial cannot continue).
-        score_config: Weights of the score (default: the pruner's, else the default).
-        train_loss: The training loss per epoch so far (or its last value): sharpens the
-            diagnosis (a fitted training set reads as overfitting); no decision uses it.
+        score_config: Weights of the gain score (default: the pruner's, else the default).
+        train_loss: The training loss per epoch so far (one per measured epoch; its last value
+            alone is enough unless the metric is ``trial_score``). Also sharpens the diagnosis
+            (a fitted training set reads as overfitting).
+        trial_config: The trial score's form (default :class:`TrialScoreConfig`).
 
     Returns:
         The metric value(s) of the curve so far.
@@ -176,7 +210,7 @@ def report_gain(
     decision_config = pruner.config if isinstance(pruner, GainPruner) else DecisionConfig()
     score_cfg = score_config or decision_config.score
     metrics = (metric,) if isinstance(metric, str) else tuple(metric)
-    peers = peer_curves(trial.study, exclude=trial.number)
+    peers = peer_curves(trial.study, exclude=trial.number)  # for the diagnosis
     diag = diagnose(
         curve,
         peers=peers,
@@ -185,7 +219,22 @@ def report_gain(
         train_loss=train_loss,
     )
     feats = diag.features  # computed once per epoch, shared with the diagnosis
-    values = tuple(curve_metric(m, feats, config=score_cfg) for m in metrics)
+    losses = None if train_loss is None or isinstance(train_loss, (int, float)) else train_loss
+    if "trial_score" in metrics and losses is None:
+        raise ValueError(
+            "metric 'trial_score' needs the training loss of every epoch so far: pass "
+            "train_loss=[...] to report_gain (or report metric='score', the gain score)."
+        )
+    values = tuple(
+        curve_metric(
+            m,
+            curve if m == "trial_score" else feats,
+            config=score_cfg,
+            train_loss=losses,
+            trial=trial_config,
+        )
+        for m in metrics
+    )
     trial.set_user_attr(CURVE_ATTR, curve)
     trial.set_user_attr("features", _jsonable(feats.to_dict()))
     trial.set_user_attr("diagnosis", diag.label)
@@ -199,10 +248,13 @@ def report_gain(
     reason = ""
     if diverged or not all(math.isfinite(v) for v in curve):
         reason = decide(curve, diverged=True, config=decision_config).reason
-    elif isinstance(pruner, GainPruner) or (multi and not isinstance(pruner, NopPruner)):
-        # what GainPruner.prune would decide, with the peers already read for the diagnosis
+    elif multi and not isinstance(pruner, NopPruner):  # no intermediate values: gain score
         verdict = decide(curve, peers, config=decision_config)
         reason = verdict.reason if verdict.prune else ""
+    elif isinstance(pruner, GainPruner):
+        # the reported values against the finished peers' (GainPruner.prune keeps the reason)
+        if trial.should_prune():
+            reason = pruner.last_decisions.pop(trial.number).reason
     elif not multi and trial.should_prune():
         reason = f"pruned by {type(pruner).__name__} at epoch {epoch}"
     if reason:
@@ -270,14 +322,23 @@ class GainObjective:
                 diverged=ctx.diverged,
                 score_config=self.spec.score,
                 train_loss=losses,
+                trial_config=self.spec.trial,
             )
 
         result = train_trial(
             config, data=self.data, callbacks=[on_epoch], stop_event=_stop_requested
         )
         trial.set_user_attr("status", result.status)  # a diverged trial was pruned by on_epoch
+        losses = [float(r["train_loss"]) for r in result.history]
         values = tuple(
-            curve_metric(m, result.monitor.gains, config=self.spec.score) for m in metrics
+            curve_metric(
+                m,
+                result.monitor.gains,
+                config=self.spec.score,
+                train_loss=losses,
+                trial=self.spec.trial,
+            )
+            for m in metrics
         )
         return values[0] if len(values) == 1 else values
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from gainsearch.decision import DecisionConfig, decide
 from gainsearch.features import diagnose
-from gainsearch.objective import ScoreConfig, gain_score
+from gainsearch.objective import ScoreConfig, TrialScoreConfig, gain_score, trial_score
 from gainsearch.spaces import ExperimentSpec, read_yaml_mapping, spec_differences
 from gainsearch.train import EpochContext, TrainConfig, train_trial
 
@@ -49,6 +49,15 @@ logger = logging.getLogger(__name__)
 
 #: Metric names reported every epoch.
 SCORE = "gain_score"
+#: The spec's metric -> the key of the reported result that Tune optimises.
+RESULT_KEYS = {"trial_score": "trial_score", "score": SCORE}
+
+
+def result_key(spec: ExperimentSpec) -> str:
+    """The result key Tune optimises for ``spec`` (its single metric)."""
+    return RESULT_KEYS[spec.metrics[0]]
+
+
 CHECKPOINT_FILE = "checkpoint.pt"
 GAINSEARCH_KEY = "_gainsearch"  # fixed, non-searched settings travel in the config under this key
 
@@ -59,8 +68,9 @@ class GainScheduler(FIFOScheduler):
     A thin adapter over :func:`gainsearch.decision.decide`: diverged trials are stopped at
     once; after ``grace_period`` epochs, with at least ``min_peers`` other trials that reached the
     same epoch (running or finished), a trial is stopped when its variability is far above the
-    peers' median or its gain score is below the ``percentile``-th percentile of theirs. The
-    reason is logged and kept in :attr:`stop_reasons` (trial id -> reason).
+    peers' median or its ``metric`` (the trial score in :func:`run_tuner`) is below the
+    ``percentile``-th percentile of the peers' at the same epoch. The reason is logged and kept
+    in :attr:`stop_reasons` (trial id -> reason).
 
     Each result must carry ``epoch`` and ``gain`` (and may carry ``diverged``), as
     :func:`gain_trainable` reports. A result without them is an error listing the keys it has.
@@ -73,9 +83,11 @@ class GainScheduler(FIFOScheduler):
         variability_factor: Multiple of the peers' median variability that marks "too high".
         min_variability: Variability floor (dB/epoch).
         config: A complete :class:`DecisionConfig` instead of the arguments above.
-        metric: Accepted for Ray's conventions (set once in ``TuneConfig``); decisions always use
-            the gain curve.
-        mode: Likewise, ``"max"`` or ``"min"``.
+        metric: The result key Tune optimises (set here or once in ``TuneConfig``): the
+            percentile rule compares its value with the peers' at the same epoch (results
+            without it: the gain score of the curves). The divergence and too-variable rules
+            always read the gain curve.
+        mode: ``"max"`` or ``"min"`` for ``metric``.
     """
 
     def __init__(
@@ -103,6 +115,8 @@ class GainScheduler(FIFOScheduler):
         self._metric = metric
         self._mode = mode
         self.curves: dict[str, list[float]] = {}
+        #: trial id -> the optimised metric per epoch (higher is better), when results carry it
+        self.values: dict[str, list[float]] = {}
         self.stop_reasons: dict[str, str] = {}
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -125,14 +139,22 @@ class GainScheduler(FIFOScheduler):
                 f"gainsearch.integrations.ray.gain_trainable); the result has {sorted(result)}."
             )
         epoch = int(result["epoch"])
-        gain = result["gain"]
-        gain = math.nan if gain is None else float(gain)
-        curve = self.curves.get(trial_id, [])[: epoch - 1]
-        curve += [math.nan] * (epoch - 1 - len(curve))  # never happens with our trainable
-        curve.append(gain)
-        self.curves[trial_id] = curve
+        curve = _extend(self.curves, trial_id, epoch, result["gain"])
         peers = [c for tid, c in self.curves.items() if tid != trial_id]
-        verdict = decide(curve, peers, config=self.config, diverged=bool(result.get("diverged")))
+        values = peer_values = None
+        if self._metric and self._metric in result:  # the percentile rule on the metric
+            sign = -1.0 if self._mode == "min" else 1.0
+            value = result[self._metric]
+            values = _extend(self.values, trial_id, epoch, None if value is None else sign * value)
+            peer_values = [v for tid, v in self.values.items() if tid != trial_id]
+        verdict = decide(
+            curve,
+            peers,
+            config=self.config,
+            diverged=bool(result.get("diverged")),
+            values=values,
+            peer_values=peer_values,
+        )
         if verdict.prune:
             self.stop_reasons[trial_id] = verdict.reason
             logger.info("stopping trial %s: %s", trial_id, verdict.reason)
@@ -145,12 +167,23 @@ class GainScheduler(FIFOScheduler):
         return f"GainScheduler: {len(self.stop_reasons)} trial(s) stopped early."
 
 
+def _extend(store: dict[str, list[float]], trial_id: str, epoch: int, value: Any) -> list[float]:
+    """``store[trial_id]`` cut to ``epoch - 1`` readings (a restarted trial reports an epoch
+    again), then ``value`` (``None`` -> NaN) for ``epoch``."""
+    series = store.get(trial_id, [])[: epoch - 1]
+    series += [math.nan] * (epoch - 1 - len(series))  # never happens with our trainable
+    series.append(math.nan if value is None else float(value))
+    store[trial_id] = series
+    return series
+
+
 def gain_trainable(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: one built-in trial, reported every epoch.
 
     ``config`` holds the sampled hyperparameters plus, under ``"_gainsearch"``, the fixed
     training settings (``train``), the score weights (``variability_weight``) and whether to
-    record test metrics. Reports ``epoch``, ``gain``, ``gain_score``, ``level``, ``trend``,
+    record test metrics. Reports ``epoch``, ``gain``, ``trial_score``
+    (:func:`gainsearch.trial_score`), ``gain_score``, ``level``, ``trend``,
     ``variability``, ``saturation``, ``diagnosis``, ``train_loss``, ``diverged`` (+ ``test_acc``,
     ``test_loss``) with a checkpoint directory holding ``checkpoint.pt``.
     """
@@ -165,6 +198,7 @@ def gain_trainable(config: dict[str, Any]) -> None:
         settings["device"] = "cuda"
     train_config = TrainConfig.from_dict(settings)
     score_config = ScoreConfig(variability_weight=fixed.get("variability_weight", 1.0))
+    trial_config = TrialScoreConfig(**fixed.get("trial_score", {}))
 
     with tempfile.TemporaryDirectory(prefix="gainsearch-trial-") as work:
         local = Path(work) / CHECKPOINT_FILE
@@ -191,6 +225,7 @@ def gain_trainable(config: dict[str, Any]) -> None:
                 # NaN, not None, when diverged: OptunaSearch reports it to Optuna, which
                 # takes floats only (and records the diverged trial as failed in its study)
                 SCORE: float(gain_score(feats, config=score_config)),
+                "trial_score": trial_score(ctx.history, config=trial_config),
                 "level": _finite(feats.level),
                 "trend": _finite(feats.trend),
                 "variability": _finite(feats.variability),
@@ -245,7 +280,7 @@ def make_scheduler(spec: ExperimentSpec) -> TrialScheduler:
         )
     if spec.pruner == "none":
         return FIFOScheduler()
-    return GainScheduler(config=d)
+    return GainScheduler(config=d, metric=result_key(spec), mode=spec.modes[0])
 
 
 def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
@@ -406,7 +441,7 @@ def run_tuner(
                 results_path,
                 len(ray.nodes()),
             )
-        metric, mode = SCORE, spec.modes[0]
+        metric, mode = result_key(spec), spec.modes[0]
         budget = int(train.get("epochs", TrainConfig().epochs))
         scheduler = make_scheduler(spec)
         stops = _record_stops(scheduler, spec.pruner, budget)
@@ -415,6 +450,10 @@ def run_tuner(
             GAINSEARCH_KEY: {
                 "train": train,
                 "variability_weight": spec.score.variability_weight,
+                "trial_score": {
+                    "gain_weight": spec.trial.gain_weight,
+                    "early_epochs": spec.trial.early_epochs,
+                },
                 "eval_test": eval_test,
                 "use_gpu": gpus_per_trial > 0,
             },
@@ -442,7 +481,7 @@ def run_tuner(
                 )
                 local._tune_config.time_budget_s = None  # a run from before the deadline
                 local._run_config.callbacks = (
-                    [_ProgressCallback(progress, budget)] if progress else None
+                    [_ProgressCallback(progress, budget, metric)] if progress else None
                 )
         else:
             limited = ConcurrencyLimiter(
@@ -471,7 +510,7 @@ def run_tuner(
                     failure_config=FailureConfig(max_failures=max_failures),
                     checkpoint_config=CheckpointConfig(num_to_keep=2),
                     verbose=0,
-                    callbacks=[_ProgressCallback(progress, budget)] if progress else None,
+                    callbacks=[_ProgressCallback(progress, budget, metric)] if progress else None,
                 ),
             )
         previous = signal.signal(signal.SIGTERM, _stop_gracefully)
@@ -519,9 +558,12 @@ class _DeadlineSearch(SearchGenerator):
 
 
 class _ProgressCallback(tune.Callback):
-    def __init__(self, progress: Callable[[dict[str, Any]], None], budget: int) -> None:
+    def __init__(
+        self, progress: Callable[[dict[str, Any]], None], budget: int, metric: str = SCORE
+    ) -> None:
         self.progress = progress
         self.budget = budget
+        self.metric = metric
 
     # Tune calls these before it sets the trial's status: count the trial as ended here, or
     # the last trial never shows (the bar ended at 11/12).
@@ -544,12 +586,12 @@ class _ProgressCallback(tune.Callback):
         status = {t.trial_id: (ended or {}).get(t.trial_id, t.status) for t in trials}
         terminated = [t for t in trials if status[t.trial_id] == Trial.TERMINATED]
         scores = [  # completed trials only, as on the Optuna back end: the best never drops
-            float(t.last_result[SCORE])
+            float(t.last_result[self.metric])
             for t in terminated
             if t.last_result
             and t.last_result.get("epoch", 0) >= self.budget
-            and t.last_result.get(SCORE) is not None
-            and math.isfinite(float(t.last_result[SCORE]))
+            and t.last_result.get(self.metric) is not None
+            and math.isfinite(float(t.last_result[self.metric]))
         ]
         self.progress(
             {
@@ -608,9 +650,15 @@ def _replay(scheduler: GainScheduler, experiment: Path) -> None:
                 continue
             trial_id = record.get("trial_id", trial_id)
             if trial_id and "epoch" in record and "gain" in record:
-                curve = scheduler.curves.get(trial_id, [])[: int(record["epoch"]) - 1]
-                curve.append(math.nan if record["gain"] is None else float(record["gain"]))
-                scheduler.curves[trial_id] = curve
+                epoch = int(record["epoch"])
+                _extend(scheduler.curves, trial_id, epoch, record["gain"])
+                metric = scheduler._metric
+                if metric and metric in record:
+                    value = record[metric]
+                    sign = -1.0 if scheduler._mode == "min" else 1.0
+                    _extend(
+                        scheduler.values, trial_id, epoch, None if value is None else sign * value
+                    )
 
 
 def _load_reasons(out: Path) -> dict[str, str]:
@@ -680,7 +728,7 @@ def result_rows(
         else:
             state, reason = "complete", ""
         params = {k: v for k, v in (result.config or {}).items() if k != GAINSEARCH_KEY}
-        score = metrics.get(SCORE)
+        score = metrics.get(result_key(spec))
         score = None if score is None or score != score else float(score)
         rows.append(
             {
@@ -748,10 +796,10 @@ def _check_args(
             f"the Ray back end optimises one metric, but the spec has {list(spec.metrics)}; use "
             "--backend optuna for several metrics."
         )
-    if spec.metrics[0] != "score":
+    if spec.metrics[0] not in RESULT_KEYS:
         raise ValueError(
-            f"the Ray back end optimises the gain score; objective.metric={spec.metrics[0]!r} "
-            "needs --backend optuna."
+            f"the Ray back end optimises {' or '.join(RESULT_KEYS)}; "
+            f"objective.metric={spec.metrics[0]!r} needs --backend optuna."
         )
     for name, value in (("n_trials", n_trials), ("max_concurrent", max_concurrent)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
