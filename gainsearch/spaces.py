@@ -65,7 +65,18 @@ PRUNERS = ("gain", "median", "asha", "none")
 SAMPLERS = ("tpe", "random")
 MODES = ("max", "min")
 #: Settings that cannot be searched (they identify the experiment or are not hyperparameters).
-NOT_SEARCHABLE = ("dataset", "data_root", "model", "epochs", "device", "eval_test")
+NOT_SEARCHABLE = (
+    "dataset",
+    "data_root",
+    "model",
+    "model_args",
+    "epochs",
+    "device",
+    "eval_test",
+    "precision",
+    "channels_last",
+    "gain_smoothing",
+)
 
 
 class SpecError(ValueError):

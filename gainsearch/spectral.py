@@ -156,6 +156,7 @@ def data_derivative(
     normalize: bool = True,
     smoothing: float = 0.0,
     samples: int = 8,
+    max_batch: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The data derivative of the model linearised around ``probe``.
 
@@ -174,6 +175,8 @@ def data_derivative(
             derivative of the network smoothed over a neighbourhood of the probe. The winning
             class is still the one of the probe itself. See :func:`maximum_gain`.
         samples: Number of noisy probes when ``smoothing > 0``.
+        max_batch: Most probe copies in one forward/backward pass for ``target="all"`` (the
+            ``K`` copies, times ``samples``, go in chunks: memory stays bounded for ``K = 1000``).
 
     Returns:
         ``(g, probs)``: ``g`` float32 of shape ``(C, H, W)`` (``(K, C, H, W)`` for ``"all"``),
@@ -187,6 +190,8 @@ def data_derivative(
         )
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive integer, but got samples={samples!r}.")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be a positive integer, but got max_batch={max_batch!r}.")
     n = samples if smoothing > 0 else 1
     # (n, C, H, W): the probe, or the probe plus fixed noise images (a private generator: the
     # global RNG is not touched)
@@ -209,12 +214,18 @@ def data_derivative(
             # One batched pass: copy (i, k) of the probe carries class k at point i. In eval()
             # mode the samples of a batch are independent, so d(sum score_k(x_ik))/dx_ik =
             # d score_k / dx at point i.
-            xs = points.unsqueeze(1).expand(n, num_classes, *x.shape).reshape(-1, *x.shape)
-            xs = xs.clone().requires_grad_(True)  # (n * K, C, H, W)
-            scores = _class_scores(_forward(model, params, xs), normalize)  # (n * K, K)
-            picked = scores.view(n, num_classes, num_classes).diagonal(dim1=1, dim2=2)  # (n, K)
-            (grad,) = torch.autograd.grad(picked.sum(), xs)
-            grad = grad.view(n, num_classes, *x.shape).mean(dim=0)  # (K, C, H, W)
+            # Copies go in chunks of at most max_batch (memory stays bounded for K = 1000).
+            classes = torch.arange(num_classes, device=x.device).repeat(n)  # (n * K,)
+            which = torch.arange(n, device=x.device).repeat_interleave(num_classes)
+            parts = []
+            for start in range(0, n * num_classes, max_batch):
+                cls_part = classes[start : start + max_batch]
+                xs = points[which[start : start + max_batch]].clone().requires_grad_(True)
+                scores = _class_scores(_forward(model, params, xs), normalize)  # (B, K)
+                picked = scores.gather(1, cls_part[:, None])  # (B, 1): copy j's own class
+                (part,) = torch.autograd.grad(picked.sum(), xs)
+                parts.append(part)
+            grad = torch.cat(parts).view(n, num_classes, *x.shape).mean(dim=0)  # (K, C, H, W)
         else:
             cls = winner if target == "winner" else int(target)
             if not 0 <= cls < num_classes:
@@ -244,6 +255,7 @@ def maximum_gain(
     return_spectra: bool = False,
     smoothing: float = 0.0,
     samples: int = 8,
+    max_batch: int = 256,
 ) -> GainResult:
     """Measure the Maximum Gain of ``model`` around ``probe`` (DESIGN.md section 1).
 
@@ -266,6 +278,7 @@ def maximum_gain(
             that works; the noisy probes keep the units alive (see the README's measurement
             section for how often each variant reads the floor).
         samples: Number of noisy probes when ``smoothing > 0``.
+        max_batch: Most probe copies per forward/backward pass for ``target="all"``.
 
     Returns:
         A :class:`GainResult`. A diverged network gives a non-finite ``gain``; no exception.
@@ -292,6 +305,7 @@ def maximum_gain(
         normalize=normalize,
         smoothing=smoothing,
         samples=samples,
+        max_batch=max_batch,
     )
     spectra = amplitude_spectrum_db(grad, eps=eps)  # (C, H, W) or (K, C, H, W), dB
     per_channel = spectra.flatten(-2).amax(dim=-1)  # (C,) or (K, C)

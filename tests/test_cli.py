@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -244,3 +245,33 @@ def test_the_progress_bar_draws_changes_only(capsys: pytest.CaptureFixture[str])
     drawn = [s for s in capsys.readouterr().err.split("\r") if "trial" in s]
     assert len(drawn) <= 4, drawn  # tqdm's first draw, one per change, the close
     assert "best=8.50" in drawn[-1] and "running=1" in drawn[-1]
+
+
+def test_train_a_modern_recipe_and_an_own_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = [
+        "--model", "resnet20", "--width", "0.125", "--optimizer", "adamw", "--schedule",
+        "cosine", "--warmup-epochs", "1", "--augment", "standard", "--label-smoothing", "0.1",
+        "--epochs", "2", "--batch-size", "256",
+    ]  # fmt: skip
+    assert main(["train", "--out", str(tmp_path / "r"), *recipe]) == 0
+    printed = capsys.readouterr().out
+    assert "lr" in printed.splitlines()[0] or " lr " in printed
+    history = json.loads((tmp_path / "r" / "history.json").read_text())["history"]
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert all(math.isfinite(r["gain"]) and r["gain"] > -200 for r in history)
+    assert history[0]["lr"] == pytest.approx(0.02) and history[1]["lr"] < 0.1 * 0.02
+    (tmp_path / "mynets_cli_test.py").write_text(
+        "from torch import nn\n"
+        "def build(in_shape, num_classes):\n"
+        "    c, h, w = in_shape\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, num_classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["train", "--out", str(tmp_path / "own"), "--model", "mynets_cli_test:build"]
+    assert main([*args, "--epochs", "2"]) == 0
+    config = json.loads((tmp_path / "own" / "config.json").read_text())
+    assert config["train"]["model"] == "mynets_cli_test:build"
+    assert main(["train", "--out", str(tmp_path / "x"), "--model", "mynets_cli_test:nope"]) == 2
+    assert "has no attribute 'nope'" in capsys.readouterr().err

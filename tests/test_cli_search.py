@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -43,7 +44,7 @@ def test_search_prints_the_table_and_writes_results(
     assert "state" in printed and "diagnosis" in printed and "prune reason" in printed
     assert "best trial:  #" in printed
     best = json.loads((out / "best.json").read_text())
-    assert best["metric"] == "score" and "lr" in best["best"]["params"]
+    assert best["metric"] == "trial_score" and "lr" in best["best"]["params"]
     assert best["storage"].startswith("sqlite:///")
     lines = (out / "trials.csv").read_text().splitlines()
     assert lines[0].startswith("number,state,lr,value") and len(lines) == 5
@@ -221,3 +222,36 @@ def test_ray_backend_interrupted_then_resumed_by_the_same_command(tmp_path: Path
         assert np.asarray(row["spectrum"]["db"]).shape == (1, 8, 8)
     page = (out / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 4
+
+
+RECIPE = """\
+name: recipe
+train: {dataset: digits, model: resnet20, width: 0.125, epochs: 2, batch_size: 256,
+        optimizer: sgd, nesterov: true, augment: standard, warmup_epochs: 1}
+search:
+  lr: {type: float, low: 1.0e-3, high: 0.5, log: true}
+  schedule: {type: categorical, choices: [constant, cosine, onecycle]}
+  weight_decay: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}
+  label_smoothing: {type: float, low: 0.0, high: 0.2}
+pruner: {type: none}
+sampler: {type: random, seed: 3}
+"""
+
+
+@pytest.mark.parametrize("backend", ["optuna", "ray"])
+def test_a_modern_recipe_spec_searches_schedule_decay_and_smoothing(
+    tmp_path: Path, backend: str
+) -> None:
+    out = tmp_path / "out"
+    spec = write_spec(tmp_path, RECIPE)
+    code = main(["search", str(spec), "--backend", backend, "--trials", "3", "--out", str(out)])
+    assert code == 0
+    with (out / "trials.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 and all(r["state"] == "complete" for r in rows)
+    assert {"lr", "schedule", "weight_decay", "label_smoothing"} <= set(rows[0])
+    assert all(r["schedule"] in ("constant", "cosine", "onecycle") for r in rows)
+    best = json.loads((out / "best.json").read_text())
+    assert best["metric"] == "trial_score"
+    config = best["best"]["config"]
+    assert config["model"] == "resnet20" and config["nesterov"] and config["augment"] == "standard"

@@ -306,5 +306,9 @@ def test_smoothed_gain_is_the_mean_derivative_over_fixed_noisy_probes(small_net:
     assert maximum_gain(small_net, x, target=2, smoothing=0.0).gain == plain.gain
     with pytest.raises(ValueError, match=r"smoothing must be a non-negative number.*-1"):
         maximum_gain(small_net, x, smoothing=-1)
+    chunked, _ = data_derivative(small_net, x, target="all", smoothing=0.5, samples=4, max_batch=3)
+    assert torch.allclose(chunked, every, atol=1e-6)  # 20 copies in chunks of 3: the same
+    with pytest.raises(ValueError, match=r"max_batch must be a positive integer.*max_batch=0"):
+        data_derivative(small_net, x, target="all", max_batch=0)
     with pytest.raises(ValueError, match=r"samples must be a positive integer.*samples=0"):
         maximum_gain(small_net, x, smoothing=1.0, samples=0)
