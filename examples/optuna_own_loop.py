@@ -3,8 +3,9 @@
     python examples/optuna_own_loop.py
 
 No validation split: every trial trains on all of scikit-learn's digits. After each epoch,
-``report_gain`` reports the gain score to Optuna, stores the gain curve, features and diagnosis
-in the trial's user attributes, asks GainPruner and raises ``TrialPruned`` with the reason.
+``report_gain`` reports the trial score (``gainsearch.trial_score``: the training loss, NaN once
+the loss or the gain is non-finite) to Optuna, stores the gain curve, features and diagnosis in
+the trial's user attributes, asks GainPruner and raises ``TrialPruned`` with the reason.
 """
 
 from __future__ import annotations
@@ -39,15 +40,21 @@ def objective(trial: optuna.Trial) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     monitor = GainMonitor(in_shape=(1, 8, 8), target="all")
     score = float("nan")
+    losses: list[float] = []  # the mean training loss of every epoch
     for epoch in range(1, 11):
+        total = 0.0
         for idx in torch.randperm(len(x)).split(64):
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             loss.backward()
             optimizer.step()
+            total += loss.item() * len(idx)
+        losses.append(total / len(x))
         monitor.measure(model, epoch)
         # report, store features + diagnosis, prune with a reason (raises optuna.TrialPruned)
-        score = report_gain(trial, monitor, epoch, diverged=not torch.isfinite(loss).item())
+        score = report_gain(
+            trial, monitor, epoch, train_loss=losses, diverged=not torch.isfinite(loss).item()
+        )
     return score
 
 
@@ -63,4 +70,4 @@ for t in study.trials:
         f"#{t.number:2d} lr={t.params['lr']:.2e} {t.state.name:8s} "
         f"{t.user_attrs.get('diagnosis', ''):12s} {t.user_attrs.get('prune_reason', '')}"
     )
-print(f"best lr: {study.best_params['lr']:.3g} (gain score {study.best_value:.2f})")
+print(f"best lr: {study.best_params['lr']:.3g} (trial score {study.best_value:.2f})")

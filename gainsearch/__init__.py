@@ -18,6 +18,7 @@ from gainsearch.features import (
 )
 from gainsearch.models import create_model, list_models, register_model
 from gainsearch.monitor import GainMonitor, GainReading
+from gainsearch.objective import TrialScoreConfig, trial_score
 from gainsearch.spectral import (
     GainResult,
     amplitude_spectrum_db,
@@ -44,6 +45,7 @@ __all__ = [
     "TensorData",
     "TrainConfig",
     "TrialResult",
+    "TrialScoreConfig",
     "__version__",
     "amplitude_spectrum_db",
     "compute_features",
@@ -58,4 +60,5 @@ __all__ = [
     "maximum_gain",
     "register_model",
     "train_trial",
+    "trial_score",
 ]
