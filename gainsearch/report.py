@@ -498,7 +498,7 @@ def plot_spectrum(
 
 #: Features shown by :func:`plot_features`: (key, axis label).
 _FEATURES = (
-    ("score", "gain score (dB)"),
+    ("score", "objective value"),
     ("level", "level (dB)"),
     ("trend", "trend (dB/epoch)"),
     ("variability", "variability (dB/epoch)"),

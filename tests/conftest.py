@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 
 # Every Ray process the tests start binds 127.0.0.1: Ray reads this when it is first imported.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+# A shell's background job (`pytest ... &`) starts with SIGINT ignored, and gainsearch keeps an
+# ignored signal ignored (by design, tested): the Ctrl-C tests need the default handler back,
+# here and in the processes they start.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest
 import torch

@@ -190,7 +190,7 @@ def test_two_node_search_survives_losing_a_worker(two_node_cluster, tmp_path: Pa
     table = (tmp_path / "out" / "trials.csv").read_text().splitlines()
     assert table[0].startswith("number,state,lr,value") and len(table) == 5
     best = json.loads((tmp_path / "out" / "best.json").read_text())
-    assert best["metric"] == "score"
+    assert best["metric"] == "trial_score"
 
 
 def test_a_local_ray_started_by_gainsearch_binds_loopback_only() -> None:

@@ -117,14 +117,16 @@ class GainPruner(BasePruner):
                 f"user attributes {sorted(trial.user_attrs)}."
             )
         curves, values = _peers(study, exclude=trial.number)
-        single = len(study.directions) == 1  # multi-objective trials report no values
+        # the reported values when there are any (multi-objective trials report none): the
+        # gain score of the curves otherwise
+        reported = len(study.directions) == 1 and bool(trial.intermediate_values)
         return decide(
             trial.user_attrs[CURVE_ATTR],
             curves,
             config=self.config,
             diverged=bool(trial.user_attrs.get("diverged", False)),
-            values=_values(study, trial) if single else None,
-            peer_values=values if single else None,
+            values=_values(study, trial) if reported else None,
+            peer_values=values if reported else None,
         )
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:

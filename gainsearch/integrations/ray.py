@@ -21,13 +21,14 @@ import re
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gainsearch.decision import DecisionConfig, decide
 from gainsearch.features import diagnose
+from gainsearch.monitor import GainMonitor
 from gainsearch.objective import ScoreConfig, TrialScoreConfig, gain_score, trial_score
 from gainsearch.spaces import ExperimentSpec, read_yaml_mapping, spec_differences
 from gainsearch.train import EpochContext, TrainConfig, train_trial
@@ -43,14 +44,23 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "gainsearch.integrations.ray needs Ray Tune: pip install 'gainsearch[ray]'"
     ) from err
 
-__all__ = ["GainScheduler", "RayOutcome", "gain_trainable", "result_rows", "run_tuner"]
+__all__ = [
+    "GainScheduler",
+    "RayOutcome",
+    "gain_metrics",
+    "gain_trainable",
+    "report_gain",
+    "result_rows",
+    "run_tuner",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Metric names reported every epoch.
 SCORE = "gain_score"
+TRIAL_SCORE = "trial_score"
 #: The spec's metric -> the key of the reported result that Tune optimises.
-RESULT_KEYS = {"trial_score": "trial_score", "score": SCORE}
+RESULT_KEYS = {"trial_score": TRIAL_SCORE, "score": SCORE}
 
 
 def result_key(spec: ExperimentSpec) -> str:
@@ -177,6 +187,101 @@ def _extend(store: dict[str, list[float]], trial_id: str, epoch: int, value: Any
     return series
 
 
+def gain_metrics(
+    monitor: GainMonitor | Sequence[float],
+    epoch: int | None = None,
+    *,
+    train_loss: Sequence[float],
+    diverged: bool = False,
+    score_config: ScoreConfig | None = None,
+    trial_config: TrialScoreConfig | None = None,
+) -> dict[str, Any]:
+    """The metrics one epoch reports to Tune (see :func:`report_gain`), without reporting."""
+    if isinstance(monitor, GainMonitor):
+        curve = [float(v) for v in monitor.gains]
+        epochs: list[int] | None = monitor.epochs
+    else:
+        curve, epochs = [float(v) for v in monitor], None
+    epoch = epoch if epoch is not None else (epochs[-1] if epochs else len(curve))
+    losses = [float(v) for v in train_loss]
+    if len(losses) != len(curve):
+        raise ValueError(
+            f"train_loss has {len(losses)} value(s) but the gain curve {len(curve)}: pass the "
+            "training loss of every measured epoch."
+        )
+    diag = diagnose(
+        curve,
+        epochs=epochs,
+        diverged_epoch=epoch if diverged else None,
+        train_loss=losses,
+    )
+    feats = diag.features
+    records = [{"train_loss": v, "gain": g} for v, g in zip(losses, curve, strict=True)]
+    score = trial_score(records, config=trial_config)
+    return {
+        "epoch": int(epoch),
+        "gain": _finite(curve[-1]) if curve else None,
+        # NaN, not None, when diverged: OptunaSearch reports it to Optuna, which takes floats
+        # only (and records the diverged trial as failed in its study)
+        TRIAL_SCORE: math.nan if diverged else score,
+        SCORE: float(gain_score(feats, config=score_config)),
+        "level": _finite(feats.level),
+        "trend": _finite(feats.trend),
+        "variability": _finite(feats.variability),
+        "saturation": _finite(feats.saturation),
+        "diagnosis": diag.label,
+        "train_loss": _finite(losses[-1]) if losses else None,
+        "diverged": bool(diverged or not math.isfinite(score)),
+    }
+
+
+def report_gain(
+    monitor: GainMonitor | Sequence[float],
+    epoch: int | None = None,
+    *,
+    train_loss: Sequence[float],
+    diverged: bool = False,
+    checkpoint: Any = None,
+    extra: dict[str, Any] | None = None,
+    score_config: ScoreConfig | None = None,
+    trial_config: TrialScoreConfig | None = None,
+) -> dict[str, Any]:
+    """Report one epoch of your own training loop to Ray Tune (the twin of the Optuna helper).
+
+    Call it inside a Tune function trainable once per epoch, after
+    ``monitor.measure(model, epoch)``. It reports ``epoch``, ``gain``, ``trial_score`` (the
+    value :func:`run_tuner` optimises, :func:`gainsearch.trial_score`), ``gain_score``,
+    ``level``, ``trend``, ``variability``, ``saturation``, ``diagnosis``, ``train_loss`` and
+    ``diverged`` (plus ``extra``) with ``ray.tune.report(metrics, checkpoint=checkpoint)``, so
+    that :class:`GainScheduler` (``metric="trial_score"``) can stop the trial. A diverged trial
+    reports ``trial_score`` NaN and ``diverged`` True, and GainScheduler stops it.
+
+    Args:
+        monitor: The trial's :class:`~gainsearch.GainMonitor` (or its gain curve).
+        epoch: The epoch just measured (default: the monitor's last).
+        train_loss: The training loss of every measured epoch so far.
+        diverged: The training loss went non-finite.
+        checkpoint: A ``ray.tune.Checkpoint`` to report with the metrics.
+        extra: More metrics to report (e.g. your own accuracy, for logging only).
+        score_config: Weights of the gain score.
+        trial_config: The trial score's form.
+
+    Returns:
+        The metrics reported.
+    """
+    metrics = gain_metrics(
+        monitor,
+        epoch,
+        train_loss=train_loss,
+        diverged=diverged,
+        score_config=score_config,
+        trial_config=trial_config,
+    )
+    metrics.update(extra or {})
+    tune.report(metrics, checkpoint=checkpoint)
+    return metrics
+
+
 def gain_trainable(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: one built-in trial, reported every epoch.
 
@@ -210,37 +315,25 @@ def gain_trainable(config: dict[str, Any]) -> None:
                     local.write_bytes(saved.read_bytes())
 
         def report(ctx: EpochContext) -> None:
-            curve = ctx.monitor.gains
-            diag = diagnose(
-                curve,
-                epochs=ctx.monitor.epochs,
-                diverged_epoch=ctx.epoch if ctx.diverged else None,
-                train_loss=[r["train_loss"] for r in ctx.history],
-            )
-            feats = diag.features
-            metrics: dict[str, Any] = {
-                "epoch": ctx.epoch,
-                "gain": _finite(ctx.record["gain"]),
+            extra: dict[str, Any] = {
                 "gain_max": _finite(ctx.record["gain_max"]),
-                # NaN, not None, when diverged: OptunaSearch reports it to Optuna, which
-                # takes floats only (and records the diverged trial as failed in its study)
-                SCORE: float(gain_score(feats, config=score_config)),
-                "trial_score": trial_score(ctx.history, config=trial_config),
-                "level": _finite(feats.level),
-                "trend": _finite(feats.trend),
-                "variability": _finite(feats.variability),
-                "saturation": _finite(feats.saturation),
-                "diagnosis": diag.label,
-                "train_loss": _finite(ctx.record["train_loss"]),
-                "diverged": bool(ctx.diverged),
                 "node_id": ray.get_runtime_context().get_node_id(),
             }
             if ctx.epoch == train_config.epochs and not ctx.diverged:  # the report's figure
-                metrics["spectrum"] = ctx.monitor.spectrum(ctx.model)
+                extra["spectrum"] = ctx.monitor.spectrum(ctx.model)
             if train_config.eval_test:  # evaluation only: the scheduler never reads these
-                metrics["test_acc"] = ctx.record["test_acc"]
-                metrics["test_loss"] = _finite(ctx.record["test_loss"])
-            tune.report(metrics, checkpoint=Checkpoint.from_directory(work))
+                extra["test_acc"] = ctx.record["test_acc"]
+                extra["test_loss"] = _finite(ctx.record["test_loss"])
+            report_gain(
+                ctx.monitor,
+                ctx.epoch,
+                train_loss=[r["train_loss"] for r in ctx.history],
+                diverged=ctx.diverged,
+                checkpoint=Checkpoint.from_directory(work),
+                extra=extra,
+                score_config=score_config,
+                trial_config=trial_config,
+            )
 
         train_trial(train_config, callbacks=[report], checkpoint_path=local)
 

@@ -1,0 +1,220 @@
+"""GainCallback on a tiny LightningModule without a validation loop: reports, prunes, resumes,
+logs what ModelCheckpoint can monitor."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from gainsearch.data import TensorData  # noqa: E402
+from gainsearch.integrations.lightning import GainCallback  # noqa: E402
+from gainsearch.integrations.optuna import GainPruner  # noqa: E402
+
+
+class Tiny(pl.LightningModule):
+    """A small CNN for 8x8 digits; no validation_step."""
+
+    def __init__(self, lr: float) -> None:
+        super().__init__()
+        self.lr = lr
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+def loader(digits: TensorData) -> DataLoader:
+    data = TensorDataset(digits.x_train[:512], digits.y_train[:512])
+    return DataLoader(
+        data, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+
+
+def trainer(epochs: int, callbacks: list, tmp_path: Path, **kwargs: object) -> pl.Trainer:
+    return pl.Trainer(
+        max_epochs=epochs,
+        callbacks=callbacks,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        accelerator="cpu",
+        enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
+        **kwargs,
+    )
+
+
+def test_reports_every_epoch_without_validation(digits: TensorData, tmp_path: Path) -> None:
+    study = optuna.create_study(direction="maximize", pruner=GainPruner())
+    trial = study.ask()
+    callback = GainCallback(trial=trial)
+    torch.manual_seed(0)
+    trainer(3, [callback], tmp_path).fit(Tiny(0.05), loader(digits))
+    callback.check_pruned()  # not pruned: no exception
+    frozen = study.trials[0]
+    assert sorted(frozen.intermediate_values) == [1, 2, 3]
+    assert len(frozen.user_attrs["gain_curve"]) == 3
+    assert frozen.user_attrs["diagnosis"]
+    # the value reported is the trial score of the epoch's records: -log10(mean training loss)
+    assert frozen.intermediate_values[3] == pytest.approx(-math.log10(callback.losses[-1]))
+    assert callback.losses[-1] < callback.losses[0]
+    assert callback.monitor is not None and callback.monitor.in_shape == (1, 8, 8)
+
+
+def test_a_diverging_trial_is_pruned_with_its_reason(digits: TensorData, tmp_path: Path) -> None:
+    study = optuna.create_study(direction="maximize", pruner=GainPruner())
+    callback = GainCallback(trial=study.ask())
+    torch.manual_seed(0)
+    fit = trainer(5, [callback], tmp_path)
+    fit.fit(Tiny(1e4), loader(digits))
+    assert fit.current_epoch < 5  # the trainer stopped early
+    with pytest.raises(optuna.TrialPruned, match="diverged"):
+        callback.check_pruned()
+
+
+def test_a_resumed_fit_continues_the_curve(digits: TensorData, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = GainCallback()
+    trainer(2, [first, checkpoints], tmp_path).fit(Tiny(0.05), loader(digits))
+    assert first.monitor is not None and first.monitor.epochs == [1, 2]
+    resumed = GainCallback()
+    again = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt2", save_last=True)
+    trainer(4, [resumed, again], tmp_path).fit(
+        Tiny(0.05), loader(digits), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
+    )
+    assert resumed.monitor is not None and resumed.monitor.epochs == [1, 2, 3, 4]
+    assert list(resumed.monitor.gains[:2]) == list(first.monitor.gains)
+    assert resumed.losses[:2] == first.losses and len(resumed.losses) == 4
+
+
+def test_logs_metrics_model_checkpoint_can_monitor(digits: TensorData, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    best = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "best", monitor="trial_score", mode="max"
+    )
+    fit = trainer(3, [GainCallback(), best], tmp_path)
+    fit.fit(Tiny(0.05), loader(digits))
+    assert {"gain", "trial_score", "level", "trend", "variability"} <= set(fit.callback_metrics)
+    assert best.best_model_score is not None and math.isfinite(float(best.best_model_score))
+    assert Path(best.best_model_path).is_file()
+
+
+def test_bad_arguments_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="one back end"):
+        GainCallback(trial=object(), ray_tune=True)
+    with pytest.raises(ValueError, match="ray_checkpoint=True needs ray_tune=True"):
+        GainCallback(ray_checkpoint=True)
+    with pytest.raises(ValueError, match=r"target must be 'winner', 'all'"):
+        GainCallback(target="best")
+    with pytest.raises(ValueError, match=r"in_shape must be three positive integers"):
+        GainCallback(in_shape=(8, 8))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ddp_rank_zero_measures_and_every_rank_decides_alike(tmp_path: Path) -> None:
+    """Two CPU processes (gloo) through benchmarks/lightning_ddp.py: one JSON file per rank."""
+    import json
+    import subprocess
+    import sys
+
+    def run(name: str, *args: str) -> dict[int, dict]:
+        out = tmp_path / name
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "lightning_ddp.py"),
+                "--out",
+                str(out),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            cwd=ROOT,
+        )
+        rows = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
+        assert len(rows) == 2, done.stdout + done.stderr
+        return {r["rank"]: r for r in rows}
+
+    healthy = run("healthy", "--epochs", "3")
+    assert healthy[0]["measured"] == [1, 2, 3] and healthy[1]["measured"] == []
+    assert healthy[0]["reported"] == [1, 2, 3]  # rank 0 reported every epoch
+    assert healthy[0]["losses"] == healthy[1]["losses"]  # reduced over both ranks
+    assert healthy[0]["pruned_reason"] == healthy[1]["pruned_reason"] == ""
+    diverging = run("diverging", "--epochs", "5", "--lr", "1e4")
+    assert diverging[0]["epochs_run"] == diverging[1]["epochs_run"] < 5
+    assert "diverged" in diverging[0]["pruned_reason"]
+    assert diverging[1]["pruned_reason"] == diverging[0]["pruned_reason"]
+
+
+def ray_fit(config: dict) -> None:
+    """A Tune function trainable: a Lightning fit reported by GainCallback(ray_tune=True)."""
+    from gainsearch.data import load_dataset
+
+    digits = load_dataset("digits")
+    torch.manual_seed(0)
+    fit = pl.Trainer(
+        max_epochs=3,
+        callbacks=[GainCallback(ray_tune=True, ray_checkpoint=True)],
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    fit.fit(Tiny(config["lr"]), loader(digits))
+
+
+def test_inside_ray_tune_the_gain_scheduler_decides(tmp_path: Path) -> None:
+    tune = pytest.importorskip("ray.tune")
+    import sys
+
+    import ray
+    from ray import cloudpickle
+
+    from gainsearch.integrations.ray import GainScheduler, connect
+
+    # Ray workers cannot import this test module: ship its functions by value
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    started = connect(None, num_cpus=2)
+    scheduler = GainScheduler(metric="trial_score", mode="max", min_peers=1)
+    try:
+        grid = tune.Tuner(
+            ray_fit,
+            param_space={"lr": tune.grid_search([0.05, 1e4])},
+            tune_config=tune.TuneConfig(scheduler=scheduler, metric="trial_score", mode="max"),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+        ).fit()
+    finally:
+        if started:
+            ray.shutdown()
+    assert not grid.errors, grid.errors
+    by_lr = {r.config["lr"]: r for r in grid}
+    good, bad = by_lr[0.05], by_lr[1e4]
+    assert good.metrics["epoch"] == 3 and math.isfinite(good.metrics["trial_score"])
+    assert {"gain", "trial_score", "gain_score", "level", "diagnosis"} <= set(good.metrics)
+    assert good.checkpoint is not None  # ray_checkpoint: the Lightning checkpoint went along
+    assert bad.metrics["epoch"] < 3 and bad.metrics["diverged"]
+    assert "diverged" in scheduler.stop_reasons[bad.metrics["trial_id"]]
