@@ -4,9 +4,9 @@
 
 Runs the spec's learning-rate study twice with the same TPE seed and trial count: once with
 GainPruner and once without pruning (diverged trials still stop, as the trainer must). Prints, for
-each: epochs trained, wall time, and the best trial's (by gain score) test accuracy, which is
-recorded with eval_test for this evaluation only and read after the study; nothing that
-decides reads it. Target: >= 50 % fewer epochs, best test accuracy within 0.5 points.
+each: epochs trained, wall time, and the best trial's (by the spec's objective) test accuracy,
+which is recorded with eval_test for this evaluation only and read after the study; nothing
+that decides reads it. Target: >= 50 % fewer epochs, best test accuracy within 0.5 points.
 """
 
 from __future__ import annotations

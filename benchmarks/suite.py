@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -41,6 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import selection  # the first two grids: its 80/20 split is reused
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST = ROOT.parent / "shared" / "data" / "mnist5k"
@@ -231,43 +235,12 @@ def noisy_labels(data: Any, fraction: float, seed: int = 1234) -> Any:
     labels stay clean."""
     import torch
 
-    from gainsearch.data import TensorData
-
     gen = torch.Generator().manual_seed(seed)
     n = data.y_train.shape[0]
     picked = torch.randperm(n, generator=gen)[: round(fraction * n)]
     y = data.y_train.clone()
     y[picked] = torch.randint(0, data.num_classes, (picked.numel(),), generator=gen)
-    return TensorData(
-        name=data.name,
-        x_train=data.x_train,
-        y_train=y,
-        x_test=data.x_test,
-        y_test=data.y_test,
-        num_classes=data.num_classes,
-        mean=data.mean,
-        std=data.std,
-    )
-
-
-def split_data(data: Any, seed: int) -> Any:
-    """80 % train / 20 % held out (stratified); the held-out part takes the test slot."""
-    from sklearn.model_selection import train_test_split
-
-    from gainsearch.data import TensorData
-
-    idx = np.arange(data.x_train.shape[0])
-    tr, va = train_test_split(idx, test_size=0.2, stratify=data.y_train.numpy(), random_state=seed)
-    return TensorData(
-        name=data.name,
-        x_train=data.x_train[tr],
-        y_train=data.y_train[tr],
-        x_test=data.x_train[va],
-        y_test=data.y_train[va],
-        num_classes=data.num_classes,
-        mean=data.mean,
-        std=data.std,
-    )
+    return dataclasses.replace(data, y_train=y)
 
 
 def train_run(task: dict[str, Any]) -> dict[str, Any]:
@@ -283,7 +256,7 @@ def train_run(task: dict[str, Any]) -> dict[str, Any]:
     data = _data(setup.train["dataset"], root, setup.label_noise)
     split = task["protocol"] == "split"
     if split:
-        data = split_data(data, task["seed"])
+        data = selection._split(data, task["seed"])  # 80/20, stratified, as selection.py
     settings = {**setup.train, **task["point"], "seed": task["seed"], "data_root": root}
     config = TrainConfig.from_dict({**settings, "gain_target": "all", "eval_test": True})
     extra: list[dict[str, float]] = []
@@ -429,7 +402,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = out or DEFAULT_OUT
     if args.train:
         train(args.setups, out, data_root=args.data_root, workers=args.workers, seeds=None)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import suite_analysis
 
     suite_analysis.print_all(out, args.setups)

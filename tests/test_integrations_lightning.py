@@ -3,13 +3,14 @@ logs what ModelCheckpoint can monitor."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 pl = pytest.importorskip("lightning.pytorch")
@@ -18,26 +19,16 @@ from gainsearch.data import TensorData  # noqa: E402
 from gainsearch.integrations.lightning import GainCallback  # noqa: E402
 from gainsearch.integrations.optuna import GainPruner  # noqa: E402
 
-
-class Tiny(pl.LightningModule):
-    """A small CNN for 8x8 digits; no validation_step."""
-
-    def __init__(self, lr: float) -> None:
-        super().__init__()
-        self.lr = lr
-        self.net = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+ROOT = Path(__file__).resolve().parents[1]
+# the tiny LightningModule (no validation_step) of the DDP script, which the tests also run
+_spec = importlib.util.spec_from_file_location(
+    "lightning_ddp", ROOT / "benchmarks" / "lightning_ddp.py"
+)
+assert _spec is not None and _spec.loader is not None
+lightning_ddp = importlib.util.module_from_spec(_spec)
+sys.modules["lightning_ddp"] = lightning_ddp
+_spec.loader.exec_module(lightning_ddp)
+Tiny = lightning_ddp.Tiny
 
 
 def loader(digits: TensorData) -> DataLoader:
@@ -129,9 +120,6 @@ def test_bad_arguments_are_clear_errors() -> None:
         GainCallback(in_shape=(8, 8))
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def test_ddp_rank_zero_measures_and_every_rank_decides_alike(tmp_path: Path) -> None:
     """Two CPU processes (gloo) through benchmarks/lightning_ddp.py: one JSON file per rank."""
     import json
@@ -174,17 +162,8 @@ def ray_fit(config: dict) -> None:
 
     digits = load_dataset("digits")
     torch.manual_seed(0)
-    fit = pl.Trainer(
-        max_epochs=3,
-        callbacks=[GainCallback(ray_tune=True, ray_checkpoint=True)],
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    fit.fit(Tiny(config["lr"]), loader(digits))
+    callback = GainCallback(ray_tune=True, ray_checkpoint=True)
+    trainer(3, [callback], Path(config["root"])).fit(Tiny(config["lr"]), loader(digits))
 
 
 def test_inside_ray_tune_the_gain_scheduler_decides(tmp_path: Path) -> None:
@@ -198,6 +177,7 @@ def test_inside_ray_tune_the_gain_scheduler_decides(tmp_path: Path) -> None:
 
     # Ray workers cannot import this test module: ship its functions by value
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cloudpickle.register_pickle_by_value(lightning_ddp)
     started = connect(None, num_cpus=2)
     scheduler = GainScheduler(metric="trial_score", mode="max", min_peers=1)
     try:
@@ -205,7 +185,7 @@ def test_inside_ray_tune_the_gain_scheduler_decides(tmp_path: Path) -> None:
             ray_fit,
             # one at a time, the diverging rate first: it has no peers to be compared with, so
             # only the divergence (non-finite at epoch 2) can stop it
-            param_space={"lr": tune.grid_search([1e4, 0.05])},
+            param_space={"lr": tune.grid_search([1e4, 0.05]), "root": str(tmp_path)},
             tune_config=tune.TuneConfig(
                 scheduler=scheduler, metric="trial_score", mode="max", max_concurrent_trials=1
             ),
