@@ -652,7 +652,9 @@ def _evaluate(
 
 
 def _check_resumable(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
-    saved = dict(state["config"])
+    # a setting the checkpoint's version did not have yet had that version's behaviour: the
+    # default (a constant-rate SGD checkpoint resumes as such)
+    saved = {**TrainConfig().to_dict(), **state["config"]}
     current = cfg.to_dict()
     differ = sorted(k for k in current if k != "epochs" and saved.get(k) != current[k])
     if differ:

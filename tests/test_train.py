@@ -370,3 +370,19 @@ def test_own_model_by_import_path(
         train_trial({**FAST, "model": "mynets_gs_test:not_a_module"}, data=digits)
     with pytest.raises(ValueError, match=r"must accept in_shape, num_classes and the model_args"):
         train_trial({**cfg, "model_args": {"depth": 3}}, data=digits)
+
+
+def test_a_checkpoint_from_before_the_modern_settings_resumes(
+    digits: TensorData, tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "checkpoint.pt"
+    train_trial({**FAST, "epochs": 1}, data=digits, checkpoint_path=ckpt)
+    state = load_checkpoint(ckpt)
+    for key in ("schedule", "augment", "label_smoothing", "nesterov", "model_args"):
+        del state["config"][key]  # as the previous version wrote it
+    del state["scheduler"], state["rng"]["augment"]
+    torch.save(state, ckpt)
+    resumed = train_trial({**FAST, "epochs": 2}, data=digits, checkpoint_path=ckpt)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    with pytest.raises(ValueError, match=r"different trial \(schedule: 'constant' -> 'cosine'\)"):
+        train_trial({**FAST, "epochs": 3, "schedule": "cosine"}, data=digits, checkpoint_path=ckpt)
