@@ -25,7 +25,8 @@ variability weight and window (the calibration table).
 
 Nothing that selects reads a test metric: test loss/accuracy are only the yardstick. Runs on the
 CPU, two worker processes by default (one torch thread each); the JSON of every run is written
-to ``--out`` (default ``benchmarks/results/selection.json``).
+to ``--out`` (default ``benchmarks/results/selection.json``; ``--quick`` writes a temporary file
+and refuses to write into ``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -50,6 +52,7 @@ import numpy as np
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED = ROOT / "benchmarks" / "results" / "selection.json"  # committed: never a smoke run's
 DEFAULT_MNIST = ROOT.parent / "shared" / "data" / "mnist5k"
 
 #: Data set -> (registry model, data set name in gainsearch.data).
@@ -701,10 +704,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--data-root", default=str(DEFAULT_MNIST), help="mnist5k folder")
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "selection.json"
+        "--out",
+        type=Path,
+        default=None,
+        help=f"runs JSON (default {PUBLISHED.relative_to(ROOT)}; --quick: a temporary file)",
     )
     parser.add_argument("--from-json", type=Path, help="analyse saved runs instead of training")
     args = parser.parse_args(argv)
+    if args.quick and args.out is not None and args.out.resolve().parent == PUBLISHED.parent:
+        parser.error("--quick never writes benchmarks/results/ (the published evidence)")
+    if args.out is None:
+        quick_out = Path(tempfile.mkdtemp(prefix="selection-quick-")) / "selection.json"
+        args.out = quick_out if args.quick else PUBLISHED
 
     if args.from_json:
         runs = json.loads(args.from_json.read_text())["runs"]

@@ -286,9 +286,15 @@ def read_yaml_mapping(path: Path, *, what: str, expected: str) -> dict[str, Any]
             names ``what`` and the path.
     """
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise SpecError(f"{what} {path}: cannot read it: {err}") from err
+    except UnicodeDecodeError as err:  # e.g. an image renamed .yaml
+        byte = err.object[err.start : err.start + 1].hex()
+        raise SpecError(
+            f"{what} {path} is not a text file: it must be UTF-8 YAML, but byte 0x{byte} at "
+            f"position {err.start} is not UTF-8."
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -121,3 +121,11 @@ def test_quick_mode_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     merged = [r for r in runs if r["protocol"] == "merged"]
     assert all("test_acc" in h and "jacobian" in h for r in merged for h in r["history"])
     assert all("val_loss" in h for r in runs if r["protocol"] == "split" for h in r["history"])
+
+
+def test_quick_mode_never_overwrites_the_published_runs() -> None:
+    published = ROOT / "benchmarks" / "results" / "selection.json"
+    before = published.read_bytes()
+    with pytest.raises(SystemExit):
+        selection.main(["--quick", "--workers", "1", "--out", str(published)])
+    assert published.read_bytes() == before

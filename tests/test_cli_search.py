@@ -270,3 +270,36 @@ def test_a_modern_recipe_spec_searches_schedule_decay_and_smoothing(
     assert best["metric"] == "trial_score"
     config = best["best"]["config"]
     assert config["model"] == "resnet20" and config["nesterov"] and config["augment"] == "standard"
+
+
+def test_a_directory_holds_one_study_another_spec_is_refused_and_nothing_changes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    first = write_spec(tmp_path, SPEC.replace("epochs: 6", "epochs: 1"))
+    assert main(["search", str(first), "--trials", "2", "--out", str(out), "--quiet"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    other = tmp_path / "other.yaml"
+    other.write_text(first.read_text().replace("name: e2e", "name: other"))
+    capsys.readouterr()
+    code = main(["search", str(other), "--trials", "2", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "holds the results of study 'e2e'" in err and "study 'other'" in err
+    assert "--study-name e2e" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert optuna.get_all_study_names(f"sqlite:///{out / 'study.db'}") == ["e2e"]
+    # the same study continues; --study-name picks the one the directory holds
+    assert main(["search", str(other), "--trials", "3", "--out", str(out), "--quiet",
+                 "--study-name", "e2e"]) == 0  # fmt: skip
+
+
+def test_a_spec_that_is_not_text_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = tmp_path / "spec.yaml"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    assert main(["search", str(png), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{png} is not a text file" in err and "byte 0x89 at position 0" in err
+    assert not (tmp_path / "out").exists()

@@ -295,3 +295,10 @@ def test_timeout_lets_running_trials_finish_and_the_same_call_continues(
     assert [(r["trial_id"], r["value"]) for r in again.rows[:2]] == [
         (r["trial_id"], r["value"]) for r in first.rows
     ]
+
+
+def test_a_directory_of_another_study_is_refused_before_ray_starts(tmp_path: Path) -> None:
+    (tmp_path / "best.json").write_text(json.dumps({"study_name": "someone_else"}))
+    with pytest.raises(ValueError, match=r"holds the results of study 'someone_else'.*'ray_e2e'"):
+        run_tuner(SPEC, out_dir=tmp_path, n_trials=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json"]

@@ -600,9 +600,10 @@ def run_study(
             "heartbeat to a positive number of seconds."
         )
     out = Path(out_dir)
+    name = study_name or spec.name
+    check_out_dir(out, name)
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    name = study_name or spec.name
     study = create_study(spec, url, study_name=name, heartbeat=heartbeat, retry_failed=retry_failed)
     _check_same_space(study, spec)
     deadline = _now() + timeout if timeout else None
@@ -841,6 +842,25 @@ def write_results(
     payload = {"study_name": name, "storage": redact(url), **best}
     write_atomic(out / "best.json", json.dumps(payload, indent=2, default=_json_default) + "\n")
     write_atomic(out / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
+
+
+def check_out_dir(out: Path, name: str) -> None:
+    """Refuse an output directory that holds the results of another study (a directory holds
+    one study: its ``trials.csv``, ``best.json``, ``spec.yaml`` and report). Nothing is written.
+
+    Raises:
+        ValueError: ``out/best.json`` names another study.
+    """
+    try:
+        held = json.loads((out / "best.json").read_text()).get("study_name")
+    except (OSError, ValueError, AttributeError):
+        return  # a new directory (or no readable results yet)
+    if held and held != name:
+        raise ValueError(
+            f"output directory {out} holds the results of study {held!r}, and this search is "
+            f"study {name!r}: a directory holds one study. Use another --out, or --study-name "
+            f"{held} to continue that study."
+        )
 
 
 def _finite_json(value: Any) -> Any:

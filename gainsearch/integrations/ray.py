@@ -501,6 +501,7 @@ def run_tuner(
     from ray.tune.search.optuna import OptunaSearch
 
     from gainsearch.integrations.optuna import (
+        check_out_dir,
         check_timeout,
         make_sampler,
         make_storage,
@@ -511,6 +512,7 @@ def run_tuner(
     check_timeout(timeout)
     deadline = _now() + timeout if timeout else None
     out = Path(out_dir).resolve()
+    check_out_dir(out, study_name or spec.name)
     out.mkdir(parents=True, exist_ok=True)
     train = dict(spec.train)
     if train.get("data_root") and "://" not in str(train["data_root"]):
