@@ -341,7 +341,9 @@ def test_scheduler_constructor() -> None:
     pytest.importorskip("ray.tune")
     from gainsearch.integrations.ray import GainScheduler
 
-    with pytest.raises(ValueError, match=r"grace_period|warmup_epochs must be an integer >= 1"):
+    with pytest.raises(
+        ValueError, match=r"^grace_period must be an integer >= 1, but got grace_period=0\.$"
+    ):
         GainScheduler(grace_period=0)
     with pytest.raises(ValueError, match=r"mode must be 'min' or 'max', but got mode='best'"):
         GainScheduler(mode="best")

@@ -115,6 +115,12 @@ class GainScheduler(FIFOScheduler):
         super().__init__()
         if mode is not None and mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', but got mode={mode!r}.")
+        if config is None and (
+            isinstance(grace_period, bool) or not isinstance(grace_period, int) or grace_period < 1
+        ):  # Ray's name for the decision core's warmup_epochs
+            raise ValueError(
+                f"grace_period must be an integer >= 1, but got grace_period={grace_period!r}."
+            )
         self.config = config or DecisionConfig(
             warmup_epochs=grace_period,
             min_peers=min_peers,
