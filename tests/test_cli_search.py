@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import sqlalchemy.exc
 
 from gainsearch.cli import main
 
@@ -121,6 +122,8 @@ def finished(storage: str) -> list[optuna.trial.FrozenTrial]:
     try:
         study = optuna.load_study(study_name="e2e", storage=storage)
     except KeyError:  # the study is not created yet
+        return []
+    except sqlalchemy.exc.OperationalError:  # the search is creating the tables right now
         return []
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return study.get_trials(states=states)
