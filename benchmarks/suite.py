@@ -36,7 +36,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,6 @@ class Setup:
     role: str = "report"  # "calib" or "report"
     label_noise: float = 0.0
     varies: str = "lr"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _lrs(low: float, high: float, n: int) -> list[float]:

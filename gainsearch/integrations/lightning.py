@@ -108,7 +108,6 @@ class GainCallback(pl.Callback):
             GainMonitor((1, 1, 1), target=target, smoothing=smoothing)
         self.losses: list[float] = []
         self.pruned_reason: str = ""
-        self._pending: dict[str, Any] | None = None  # monitor state loaded before the shape
         self._loss_sum: torch.Tensor | None = None
         self._count = 0
 
@@ -241,31 +240,25 @@ class GainCallback(pl.Callback):
         return values
 
     def _report_to_tune(self, trainer: pl.Trainer, epoch: int, diverged: bool) -> None:
-        from gainsearch.integrations.ray import report_gain
-
-        assert self.monitor is not None
-        if not self.ray_checkpoint:
-            report_gain(
-                self.monitor,
-                epoch,
-                train_loss=self.losses,
-                diverged=diverged,
-                trial_config=self.trial_config,
-            )
-            return
         import tempfile
         from pathlib import Path
 
-        from ray.tune import Checkpoint
+        from gainsearch.integrations.ray import report_gain
 
+        assert self.monitor is not None  # measured just before
         with tempfile.TemporaryDirectory(prefix="gainsearch-lightning-") as folder:
-            trainer.save_checkpoint(str(Path(folder) / "checkpoint.ckpt"))
+            checkpoint = None
+            if self.ray_checkpoint:
+                from ray.tune import Checkpoint
+
+                trainer.save_checkpoint(str(Path(folder) / "checkpoint.ckpt"))
+                checkpoint = Checkpoint.from_directory(folder)
             report_gain(
                 self.monitor,
                 epoch,
                 train_loss=self.losses,
                 diverged=diverged,
-                checkpoint=Checkpoint.from_directory(folder),
+                checkpoint=checkpoint,
                 trial_config=self.trial_config,
             )
 
