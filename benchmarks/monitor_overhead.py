@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from gainsearch import create_model, load_dataset, maximum_gain
-from gainsearch.train import TrainConfig, _make_optimizer, _train_epoch
+from gainsearch.batteries.train import TrainConfig, _make_optimizer, _train_epoch
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist5k"
 
@@ -40,7 +40,7 @@ def imagenet_resnet18(num_classes: int = 1000) -> torch.nn.Module:
     """ResNet-18 as torchvision builds it (7x7/2 stem, 3x3/2 max-pool, 4 stages of 2 blocks)."""
     from torch import nn
 
-    from gainsearch.models import BasicBlock
+    from gainsearch.batteries.models import BasicBlock
 
     layers: list[nn.Module] = [
         nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import optuna
 
-from gainsearch.integrations.optuna import run_study
-from gainsearch.spaces import load_spec, parse_spec
+from gainsearch.search.run_optuna import run_study
+from gainsearch.search.spaces import load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

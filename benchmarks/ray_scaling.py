@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gainsearch.integrations.ray import run_tuner
-from gainsearch.spaces import load_spec, parse_spec
+from gainsearch.search.run_ray import run_tuner
+from gainsearch.search.spaces import load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "benchmarks" / "results" / "selection.json"  # committed: never a smoke run's
 DEFAULT_MNIST = ROOT.parent / "shared" / "data" / "mnist5k"
 
-#: Data set -> (registry model, data set name in gainsearch.data).
+#: Data set -> (registry model, data set name in gainsearch.batteries.data).
 SETUPS = {"digits": ("digits_lenet", "digits"), "mnist5k": ("lenet_mnist", "mnist")}
 
 
@@ -65,7 +65,7 @@ SETUPS = {"digits": ("digits_lenet", "digits"), "mnist5k": ("lenet_mnist", "mnis
 
 @functools.lru_cache(maxsize=4)
 def _data(dataset: str, data_root: str | None) -> Any:
-    from gainsearch.data import load_dataset
+    from gainsearch.batteries.data import load_dataset
 
     return load_dataset(SETUPS[dataset][1], data_root)
 
@@ -74,7 +74,7 @@ def _split(data: Any, seed: int) -> Any:
     """80 % train / 20 % held out (stratified); the held-out part takes the test slot."""
     from sklearn.model_selection import train_test_split
 
-    from gainsearch.data import TensorData
+    from gainsearch.batteries.data import TensorData
 
     idx = np.arange(data.x_train.shape[0])
     tr, va = train_test_split(idx, test_size=0.2, stratify=data.y_train.numpy(), random_state=seed)
@@ -111,8 +111,8 @@ def train_run(task: dict[str, Any]) -> dict[str, Any]:
     """One grid point: train, record per-epoch signals, return a JSON-friendly record."""
     import torch
 
-    from gainsearch.spectral import maximum_gain
-    from gainsearch.train import TrainConfig, train_trial
+    from gainsearch.batteries.train import TrainConfig, train_trial
+    from gainsearch.core.spectral import maximum_gain
 
     torch.set_num_threads(1)
     data = _data(task["dataset"], task["data_root"])
@@ -228,8 +228,8 @@ def _curve(run: dict[str, Any], key: str = "gain") -> list[float]:
 
 def _gain_feature(name: str, key: str = "gain", sign: float = 1.0, **overrides: Any) -> Callable:
     def signal(run: dict[str, Any], split_run: dict[str, Any] | None) -> float:
-        from gainsearch.features import DiagnosisConfig
-        from gainsearch.objective import ScoreConfig, curve_metric
+        from gainsearch.core.features import DiagnosisConfig
+        from gainsearch.core.objective import ScoreConfig, curve_metric
 
         weight = overrides.get("variability_weight")
         score_cfg = ScoreConfig(variability_weight=weight) if weight is not None else None
@@ -441,7 +441,7 @@ def diagnosis_check(
 ) -> dict[str, Any]:
     """Agreement of the gain diagnosis (peers = the other learning rates of the same seed, as in
     a study) with :func:`ground_truth`, per label, and the onset error in epochs."""
-    from gainsearch.features import diagnose
+    from gainsearch.core.features import diagnose
 
     rows, onset_errors = [], []
     for dataset in datasets:
@@ -500,7 +500,7 @@ def diagnosis_calibration(
 ) -> list[dict[str, Any]]:
     """Agreement for each pair of ``fitted_loss`` and ``far_below_peers``, on the calibration
     seeds and on the others (the check)."""
-    from gainsearch.features import DiagnosisConfig
+    from gainsearch.core.features import DiagnosisConfig
 
     out = []
     for fitted in FITTED_LOSSES:
@@ -562,8 +562,8 @@ def pruning_table(
     judged every epoch against the curves of the trials before it (cut where they stopped), as
     GainPruner does. Epochs spent and the regret of the best-scoring completed trial, per
     (warm-up epochs, percentile, variability factor)."""
-    from gainsearch.decision import DecisionConfig, decide
-    from gainsearch.objective import gain_score
+    from gainsearch.core.decision import DecisionConfig, decide
+    from gainsearch.core.objective import gain_score
 
     rows = []
     for warmup, percentile, factor in settings:

@@ -220,7 +220,7 @@ SETUPS: dict[str, Setup] = {
 
 @functools.lru_cache(maxsize=4)
 def _data(dataset: str, data_root: str | None, label_noise: float) -> Any:
-    from gainsearch.data import load_dataset
+    from gainsearch.batteries.data import load_dataset
 
     data = load_dataset(dataset, data_root)
     if label_noise > 0:
@@ -246,8 +246,8 @@ def train_run(task: dict[str, Any]) -> dict[str, Any]:
     """One grid point, one seed, one protocol: a JSON-friendly record with per-epoch signals."""
     import torch
 
-    from gainsearch.spectral import maximum_gain
-    from gainsearch.train import TrainConfig, train_trial
+    from gainsearch.batteries.train import TrainConfig, train_trial
+    from gainsearch.core.spectral import maximum_gain
 
     torch.set_num_threads(1)
     setup = SETUPS[task["setup"]]

@@ -120,7 +120,7 @@ def neg_loss_sum(h: History) -> float:
 
 def gain_metric(name: str, key: str = "gain") -> Objective:
     def objective(h: History) -> float:
-        from gainsearch.objective import curve_metric
+        from gainsearch.core.objective import curve_metric
 
         gains = _gains(h, key)
         if not _finite(_losses(h)) or not _finite(gains):
@@ -136,7 +136,7 @@ def combined(weight: float, key: str, until: int | None = None) -> Objective:
     ranking term: the final value is the training loss's)."""
 
     def objective(h: History) -> float:
-        from gainsearch.objective import gain_score
+        from gainsearch.core.objective import gain_score
 
         losses, gains = _losses(h), _gains(h, key)
         if not _finite(losses) or not _finite(gains):
@@ -154,7 +154,7 @@ def guarded(threshold: float, key: str) -> Objective:
     window) exceeds ``threshold`` ranks below every stable run (the gain as a guard)."""
 
     def objective(h: History) -> float:
-        from gainsearch.features import compute_features
+        from gainsearch.core.features import compute_features
 
         losses, gains = _losses(h), _gains(h, key)
         if not _finite(losses) or not _finite(gains):
@@ -374,8 +374,8 @@ def pruning_replay(setup: SetupRuns, seed_order: int = 0) -> dict[str, dict[str,
     per way: epochs trained as a fraction of no pruning, and mean regret in points."""
     import optuna
 
+    from gainsearch.core.objective import gain_score, trial_score
     from gainsearch.integrations.optuna import CURVE_ATTR, GainPruner
-    from gainsearch.objective import gain_score, trial_score
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -450,7 +450,7 @@ def diagnosis_agreement(setup: SetupRuns) -> tuple[int, int]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import selection
 
-    from gainsearch.features import diagnose
+    from gainsearch.core.features import diagnose
 
     agree = total = 0
     for pairs in setup.grid.values():

@@ -19,9 +19,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gainsearch.data import TensorData
-from gainsearch.models import create_model
-from gainsearch.train import TrainConfig, train_trial
+from gainsearch.batteries.data import TensorData
+from gainsearch.batteries.models import create_model
+from gainsearch.batteries.train import TrainConfig, train_trial
 
 
 def plain_loop(data: TensorData, cfg: TrainConfig, epochs: int) -> list[float]:

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gainsearch import load_dataset
 from gainsearch.integrations.lightning import GainCallback
-from gainsearch.integrations.ray import GainScheduler, connect
+from gainsearch.integrations.ray import GainScheduler
+from gainsearch.search.run_ray import connect
 
 
 def train_digits(config: dict) -> None:

@@ -22,7 +22,8 @@ from ray import tune
 from torch import nn
 
 from gainsearch import GainMonitor, load_dataset
-from gainsearch.integrations.ray import GainScheduler, connect, report_gain
+from gainsearch.integrations.ray import GainScheduler, report_gain
+from gainsearch.search.run_ray import connect
 
 
 def train_digits(config: dict) -> None:

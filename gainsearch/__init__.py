@@ -7,8 +7,16 @@ measured, and features of the gain curve replace validation loss as objective an
 This module imports neither optuna nor ray: the back ends live in ``gainsearch.integrations``.
 """
 
-from gainsearch.data import DATASETS, DataError, TensorData, load_dataset
-from gainsearch.features import (
+from gainsearch.batteries.data import DATASETS, DataError, TensorData, load_dataset
+from gainsearch.batteries.models import create_model, list_models, register_model
+from gainsearch.batteries.train import (
+    EpochContext,
+    TrainConfig,
+    TrialResult,
+    load_checkpoint,
+    train_trial,
+)
+from gainsearch.core.features import (
     LABELS,
     CurveFeatures,
     Diagnosis,
@@ -16,10 +24,9 @@ from gainsearch.features import (
     compute_features,
     diagnose,
 )
-from gainsearch.models import create_model, list_models, register_model
-from gainsearch.monitor import GainMonitor, GainReading
-from gainsearch.objective import TrialScoreConfig, trial_score
-from gainsearch.spectral import (
+from gainsearch.core.monitor import GainMonitor, GainReading
+from gainsearch.core.objective import TrialScoreConfig, trial_score
+from gainsearch.core.spectral import (
     GainResult,
     amplitude_spectrum_db,
     data_derivative,
@@ -27,7 +34,6 @@ from gainsearch.spectral import (
     impulse_probe,
     maximum_gain,
 )
-from gainsearch.train import EpochContext, TrainConfig, TrialResult, load_checkpoint, train_trial
 
 __version__ = "0.1.0"
 

@@ -10,42 +10,19 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gainsearch._files import write_atomic
+
+if TYPE_CHECKING:
+    from gainsearch.search.results import TrialRow
 
 __all__ = ["main"]
 
 logger = logging.getLogger("gainsearch")
-
-TRAIN_FIELDS = (
-    "dataset",
-    "data_root",
-    "model",
-    "width",
-    "dropout",
-    "epochs",
-    "batch_size",
-    "optimizer",
-    "lr",
-    "momentum",
-    "nesterov",
-    "weight_decay",
-    "schedule",
-    "warmup_epochs",
-    "label_smoothing",
-    "augment",
-    "precision",
-    "channels_last",
-    "seed",
-    "device",
-    "gain_target",
-    "eval_test",
-)
 
 
 class CliError(Exception):
@@ -236,9 +213,9 @@ def _cmd_gain(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from gainsearch.models import create_model
-    from gainsearch.spectral import maximum_gain
-    from gainsearch.train import load_checkpoint
+    from gainsearch.batteries.models import create_model
+    from gainsearch.batteries.train import load_checkpoint
+    from gainsearch.core.spectral import maximum_gain
 
     if args.checkpoint is not None:
         state = load_checkpoint(args.checkpoint)
@@ -296,17 +273,14 @@ def _cmd_gain(args: argparse.Namespace) -> int:
 def _write_spectrum(path: Path, spectra: Any) -> None:
     import numpy as np
 
+    if path.suffix not in (".npy", ".png"):
+        raise CliError(f"--spectrum must end in .npy or .png, but got {str(path)!r}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npy":
         np.save(path, np.asarray(spectra))
         return
-    if path.suffix != ".png":
-        raise CliError(f"--spectrum must end in .npy or .png, but got {str(path)!r}.")
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from gainsearch.report import plot_spectrum
     except ImportError as err:
         raise CliError(
             "--spectrum .png needs matplotlib: `pip install gainsearch[plot]`, or write .npy"
@@ -314,17 +288,7 @@ def _write_spectrum(path: Path, spectra: Any) -> None:
     maps = np.asarray(spectra)
     if maps.ndim == 4:  # (K, C, H, W) for target="all": average over classes for the picture
         maps = maps.mean(axis=0)
-    channels = maps.shape[0]
-    fig, axes = plt.subplots(1, channels, figsize=(3.2 * channels, 3), squeeze=False)
-    for k in range(channels):
-        image = axes[0, k].imshow(np.fft.fftshift(maps[k]), cmap="viridis")
-        axes[0, k].set_title(f"channel {k}: max {maps[k].max():.1f} dB")
-        axes[0, k].set_xticks([])
-        axes[0, k].set_yticks([])
-        fig.colorbar(image, ax=axes[0, k], label="dB")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plot_spectrum(np.fft.fftshift(maps, axes=(-2, -1))).savefig(path, dpi=100)
 
 
 # -- train ------------------------------------------------------------------------------------
@@ -333,14 +297,14 @@ def _write_spectrum(path: Path, spectra: Any) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from gainsearch.data import load_dataset
-    from gainsearch.train import EpochContext, TrainConfig, train_trial
+    from gainsearch.batteries.data import load_dataset
+    from gainsearch.batteries.train import EpochContext, TrainConfig, train_trial
 
     settings: dict[str, Any] = {}
     if args.spec is not None:
         settings.update(_read_train_spec(args.spec))
-    for name in TRAIN_FIELDS:
-        value = getattr(args, name)
+    for name in TrainConfig.field_names():  # every setting that has a flag of the same name
+        value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
     if "gain_target" in settings and isinstance(settings["gain_target"], str):
@@ -398,7 +362,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _read_train_spec(path: Path) -> dict[str, Any]:
-    from gainsearch.spaces import read_yaml_mapping
+    from gainsearch.search.spaces import read_yaml_mapping
 
     data = read_yaml_mapping(path, what="--spec", expected="a mapping of training settings")
     if isinstance(data.get("train"), dict):
@@ -410,7 +374,7 @@ def _read_train_spec(path: Path) -> dict[str, Any]:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from gainsearch.spaces import load_spec
+    from gainsearch.search.spaces import load_spec
 
     spec = load_spec(args.spec)
     overrides = {
@@ -420,9 +384,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         spec = spec.with_train(**overrides)
     if args.quiet:
         args.progress = "none"
-    if args.backend == "ray":
-        return _search_ray(args, spec)
-    optuna_only = [
+    ray_only = [
         flag
         for flag, value, default in (
             ("--address", args.address, None),
@@ -433,9 +395,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
         )
         if value != default
     ]
-    if optuna_only:
-        raise CliError(f"{', '.join(optuna_only)} belong(s) to --backend ray, not optuna.")
-    return _search_optuna(args, spec)
+    if ray_only and args.backend == "optuna":
+        raise CliError(f"{', '.join(ray_only)} belong(s) to --backend ray, not optuna.")
+    return _search(args, spec)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -450,55 +412,45 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_ray(args: argparse.Namespace, spec: Any) -> int:
-    if args.workers != 1:
-        raise CliError("--workers belongs to --backend optuna; with ray use --max-concurrent.")
-    try:
-        from gainsearch.integrations.ray import run_tuner
-    except ImportError as err:
-        raise CliError(f"{err}") from err
-    _quiet_optuna(args)
-    with _progress_bar(args) as progress, _stdout_for(args):
-        outcome = run_tuner(
-            spec,
-            out_dir=args.out,
-            n_trials=args.trials,
+def _search(args: argparse.Namespace, spec: Any) -> int:
+    """Run the search on the chosen back end; the table, the summary and the report."""
+    common = dict(
+        out_dir=args.out,
+        n_trials=args.trials,
+        storage=args.storage,
+        study_name=args.study_name,
+        timeout=args.timeout,
+        eval_test=args.eval_test,
+    )
+    if args.backend == "ray":
+        if args.workers != 1:
+            raise CliError("--workers belongs to --backend optuna; with ray use --max-concurrent.")
+        try:
+            from gainsearch.search.run_ray import run_tuner
+        except ImportError as err:
+            raise CliError(f"{err}") from err
+        run: Callable[..., Any] = run_tuner
+        common.update(
             max_concurrent=args.max_concurrent,
             cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial,
             address=args.address,
             storage_path=args.storage_path,
-            storage=args.storage,
-            study_name=args.study_name,
-            eval_test=args.eval_test,
             max_failures=args.max_failures,
-            timeout=args.timeout,
-            progress=progress,
         )
-    where = [f"ray results: {outcome.experiment_path}"]
-    return _report_outcome(args, outcome.rows, outcome.best, where, outcome.interrupted)
+    else:
+        from gainsearch.search.run_optuna import run_study
 
-
-def _search_optuna(args: argparse.Namespace, spec: Any) -> int:
-    from gainsearch.integrations.optuna import redact, run_study
-
-    _quiet_optuna(args)
-    with _progress_bar(args) as progress, _stdout_for(args):
-        outcome = run_study(
-            spec,
-            out_dir=args.out,
-            n_trials=args.trials,
-            storage=args.storage,
-            study_name=args.study_name,
-            timeout=args.timeout,
+        run = run_study
+        common.update(
             workers=args.workers,
-            eval_test=args.eval_test,
             heartbeat=args.heartbeat or None,
             retry_failed=args.retry_failed,
-            progress=progress,
         )
-    where = [f"study:       {outcome.study_name} in {redact(outcome.storage)}"]
-    return _report_outcome(args, outcome.rows, outcome.best, where, outcome.interrupted)
+    _quiet_optuna(args)
+    with _progress_bar(args) as progress, _stdout_for(args):
+        outcome = run(spec, progress=progress, **common)
+    return _report_outcome(args, outcome.rows, outcome.best, outcome.where(), outcome.interrupted)
 
 
 def _quiet_optuna(args: argparse.Namespace) -> None:
@@ -566,7 +518,7 @@ def _progress_bar(args: argparse.Namespace) -> Iterator[Callable[[dict[str, Any]
 
 def _report_outcome(
     args: argparse.Namespace,
-    rows: list[dict[str, Any]],
+    rows: list[TrialRow],
     best: dict[str, Any],
     where: list[str],
     interrupted: bool,
@@ -574,16 +526,16 @@ def _report_outcome(
     """The end-of-run table, the best trial, where results are, the report; 130 when
     interrupted (the report is written then too: it shows the trials so far)."""
     report = _write_search_report(args)
-    finished = sum(r["state"] in ("complete", "pruned") for r in rows)
+    finished = sum(r.state in ("complete", "pruned") for r in rows)
     timed_out = bool(args.timeout) and not interrupted and finished < args.trials
     if args.progress == "jsonl":
-        states = sorted({r["state"] for r in rows})
+        states = sorted({r.state for r in rows})
         done = {
             "event": "done",
             "interrupted": interrupted,
             "timed_out": timed_out,
             "trials": len(rows),
-            "states": {s: sum(r["state"] == s for r in rows) for s in states},
+            "states": {s: sum(r.state == s for r in rows) for s in states},
             "best": best.get("best"),
             "out": str(args.out),
             "report": report,
@@ -637,22 +589,22 @@ def _write_search_report(args: argparse.Namespace) -> str | None:
         return None
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+def format_table(rows: list[TrialRow]) -> str:
     """The end-of-run table of trials."""
-    params = sorted({k for r in rows for k in r["params"]})
+    params = sorted({k for r in rows for k in r.params})
     header = ["#", "state", *params, "value", "epochs", "diagnosis", "prune reason"]
     lines = []
     for r in rows:
-        value = r["value"] if r["value"] is not None else r["values"]
+        value = r.value if r.value is not None else r.values
         lines.append(
             [
-                str(r["number"]),
-                r["state"],
-                *[_fmt(r["params"].get(p, "")) for p in params],
+                str(r.number),
+                r.state,
+                *[_fmt(r.params.get(p, "")) for p in params],
                 _fmt(value),
-                str(r["epochs"]),
-                r["diagnosis"],
-                r["prune_reason"],
+                str(r.epochs),
+                r.diagnosis,
+                r.prune_reason,
             ]
         )
     widths = [
@@ -676,9 +628,10 @@ def _fmt(value: Any) -> str:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from gainsearch.features import DiagnosisConfig, diagnose
+    from gainsearch.batteries.train import read_history
+    from gainsearch.core.features import DiagnosisConfig, diagnose
 
-    gains, epochs, loss_diverged, losses = _read_history(args.history)
+    gains, epochs, loss_diverged, losses = read_history(args.history)
     config = DiagnosisConfig()
     if args.window is not None:
         config = config.with_overrides(window=args.window)
@@ -703,53 +656,6 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     print(f"diagnosis:         {result.label}")
     print(f"reason:            {result.reason}")
     return 0
-
-
-def _read_history(
-    path: Path,
-) -> tuple[list[float], list[int] | None, int | None, list[float] | None]:
-    """Gains, epochs, the epoch of a non-finite training loss and the training losses (when
-    every record has one) from a history file."""
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise CliError(f"history {path}: cannot read it: {err}") from err
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            values = [float(line) for line in text.split() if line.strip()]
-        except ValueError as err:
-            raise CliError(
-                f"history {path} is neither JSON nor a text file of one gain (dB) per line: {err}"
-            ) from err
-        return values, None, None, None
-    if isinstance(data, dict) and isinstance(data.get("history"), list):
-        records = data["history"]
-        if not all(isinstance(r, dict) and "gain" in r for r in records):
-            raise CliError(f"history {path}: every record of 'history' needs a 'gain' entry.")
-        loss_diverged = next(
-            (
-                int(r["epoch"])
-                for r in records
-                if "train_loss" in r and not math.isfinite(float(r["train_loss"]))
-            ),
-            None,
-        )
-        return (
-            [float(r["gain"]) for r in records],
-            [int(r["epoch"]) for r in records] if all("epoch" in r for r in records) else None,
-            loss_diverged,
-            [float(r["train_loss"]) for r in records]
-            if records and all("train_loss" in r for r in records)
-            else None,
-        )
-    if isinstance(data, list) and all(isinstance(v, (int, float)) for v in data):
-        return [float(v) for v in data], None, None, None
-    raise CliError(
-        f"history {path} must be a history.json written by `gainsearch train` (a mapping with a "
-        "'history' list) or a JSON list of gains in dB."
-    )
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -33,13 +33,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gainsearch._files import write_atomic
-from gainsearch.features import LABELS, compute_features
+from gainsearch.core.features import LABELS, compute_features
+from gainsearch.search.results import TrialRow
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from torch import nn
 
-    from gainsearch.train import TrialResult
+    from gainsearch.batteries.train import TrialResult
 
 __all__ = [
     "FIGURES",
@@ -82,20 +83,22 @@ class RunData:
     """A search read back for the report.
 
     Attributes:
-        rows: One dict per trial (``number``, ``state``, ``params``, ``value``, ``epochs``,
-            ``gain_curve``, ``train_loss``, ``diagnosis``, ``prune_reason``, ``spectrum``, ...).
+        rows: One :class:`~gainsearch.search.results.TrialRow` per trial.
         best: The content of ``best.json`` (``best`` or ``pareto_front``).
         spec: The experiment spec as a mapping (``name``, ``train``, ``search``, ...).
         source: Where it was read from (a directory or a redacted storage URL).
         study_name: The Optuna study name, when known.
     """
 
-    rows: list[dict[str, Any]]
+    rows: list[TrialRow]
     best: dict[str, Any]
     spec: dict[str, Any]
     source: str
     study_name: str = ""
     log_params: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:  # rows given as mappings (e.g. read from JSON) are typed
+        self.rows = [r if isinstance(r, TrialRow) else TrialRow.from_dict(r) for r in self.rows]
 
     @classmethod
     def from_results(
@@ -104,34 +107,34 @@ class RunData:
         """A run of :func:`gainsearch.train_trial` results (e.g. a sweep of your own), each
         diagnosed against the others as peers; ``params`` names the configuration fields that
         vary (plotted on a log scale when they span more than a factor of 20)."""
-        from gainsearch.features import diagnose
+        from gainsearch.core.features import diagnose
 
         curves = [r.gains for r in results]
-        rows: list[dict[str, Any]] = []
+        rows: list[TrialRow] = []
         for i, r in enumerate(results):
             losses = [h["train_loss"] for h in r.history]
             diag = diagnose(curves[i], peers=curves[:i] + curves[i + 1 :], train_loss=losses)
             config = r.config.to_dict()
             test = [h["test_acc"] for h in r.history if "test_acc" in h]
+            done = r.status == "completed"
             rows.append(
-                {
-                    "number": i,
-                    "state": "complete" if r.status == "completed" else "pruned",
-                    "params": {p: config[p] for p in params},
-                    "value": None,
-                    "epochs": len(r.history),
-                    "gain_curve": r.gains,
-                    "train_loss": losses,
-                    "test_acc": test[-1] if test else None,  # as in a search's rows
-                    "test_acc_curve": test or None,
-                    "diagnosis": diag.label,
-                    "diagnosis_reason": diag.reason,
-                    "prune_reason": r.reason,
-                    "spectrum": None,
-                }
+                TrialRow(
+                    number=i,
+                    state="complete" if done else "pruned",
+                    params={p: config[p] for p in params},
+                    epochs=len(r.history),
+                    gain_curve=list(r.gains),
+                    train_loss=losses,
+                    test_acc=test[-1] if test else None,  # as in a search's rows
+                    test_acc_curve=test or None,
+                    diagnosis=diag.label,
+                    diagnosis_reason=diag.reason,
+                    prune_rule="" if done else ("diverged" if r.status == "diverged" else "pruner"),
+                    prune_reason=r.reason,
+                )
             )
         spans = {
-            p: [float(r["params"][p]) for r in rows if isinstance(r["params"][p], (int, float))]
+            p: [float(r.params[p]) for r in rows if isinstance(r.params[p], (int, float))]
             for p in params
         }
         log = {p for p, v in spans.items() if v and min(v) > 0 and max(v) / min(v) > 20}
@@ -143,23 +146,23 @@ class RunData:
         numeric = [
             p
             for p in self.param_names
-            if any(isinstance(r["params"].get(p), (int, float)) for r in self.rows)
+            if any(isinstance(r.params.get(p), (int, float)) for r in self.rows)
         ]
         return "lr" if "lr" in numeric else (numeric[0] if numeric else None)
 
     @property
     def param_names(self) -> list[str]:
-        return sorted({k for r in self.rows for k in r.get("params", {})})
+        return sorted({k for r in self.rows for k in r.params})
 
     @property
-    def best_row(self) -> dict[str, Any] | None:
+    def best_row(self) -> TrialRow | None:
         best = self.best.get("best") if isinstance(self.best, Mapping) else None
         if not best:
             front = self.best.get("pareto_front") if isinstance(self.best, Mapping) else None
             best = front[0] if front else None
         if not best:
             return None
-        return next((r for r in self.rows if r["number"] == best["number"]), None)
+        return next((r for r in self.rows if r.number == best["number"]), None)
 
 
 def load_run(source: str | Path, study_name: str | None = None) -> RunData:
@@ -188,7 +191,7 @@ def load_run(source: str | Path, study_name: str | None = None) -> RunData:
             "no study.db; pass the directory of a search or a storage URL with --study-name."
         )
     try:
-        rows = json.loads(trials.read_text())["rows"]
+        rows = [TrialRow.from_dict(r) for r in json.loads(trials.read_text())["rows"]]
         best_file = folder / "best.json"
         best = json.loads(best_file.read_text()) if best_file.is_file() else {}
     except (json.JSONDecodeError, KeyError, TypeError) as err:
@@ -207,7 +210,7 @@ def load_run(source: str | Path, study_name: str | None = None) -> RunData:
 def _read_spec(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    from gainsearch.spaces import read_yaml_mapping
+    from gainsearch.search.spaces import read_yaml_mapping
 
     return dict(read_yaml_mapping(path, what="spec", expected="a mapping"))
 
@@ -220,14 +223,9 @@ def _log_params(spec: Mapping[str, Any]) -> set[str]:
 def _load_storage(url: str, study_name: str | None) -> RunData:
     import optuna
 
-    from gainsearch.integrations.optuna import (
-        _finite_json,
-        best_summary,
-        make_storage,
-        redact,
-        trial_rows,
-    )
-    from gainsearch.spaces import parse_spec
+    from gainsearch.search.results import redact
+    from gainsearch.search.spaces import parse_spec
+    from gainsearch.search.study import best_summary, make_storage, trial_rows
 
     storage = make_storage(url, heartbeat=None)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
@@ -243,7 +241,7 @@ def _load_storage(url: str, study_name: str | None) -> RunData:
         )
     study = optuna.load_study(study_name=study_name, storage=storage)
     spec_dict = dict(study.user_attrs.get("spec") or {})
-    rows = _finite_json(trial_rows(study))
+    rows = trial_rows(study)
     best: dict[str, Any] = {"study_name": study_name}
     if spec_dict:
         best.update(best_summary(study, parse_spec(spec_dict)))
@@ -273,22 +271,16 @@ def _numbers(values: Sequence[Any] | None) -> np.ndarray:
     return np.array([math.nan if v is None else float(v) for v in (values or [])], dtype=np.float64)
 
 
-def _stop_kind(row: Mapping[str, Any]) -> str | None:
-    state = row.get("state")
+def _stop_kind(row: TrialRow) -> str | None:
+    state = row.state
     if state in ("failed", "fail"):
         return "failed"
     if state in ("interrupted", "running"):
         return "interrupted"
     if state != "pruned":
         return None
-    reason = str(row.get("prune_reason", "")).lower()
-    if "diverged" in reason or "non-finite" in reason:
-        return "diverged"
-    if "too high" in reason or "variab" in reason:
-        return "too_variable"
-    if "percentile" in reason or "below" in reason:
-        return "below_percentile"
-    return "other"
+    # the rule stored with the trial (the decision core's, or "pruner" for any other)
+    return row.prune_rule if row.prune_rule in _STOP_MARKERS else "other"
 
 
 def _color_scale(run: RunData) -> tuple[Any, Any, str]:
@@ -299,12 +291,10 @@ def _color_scale(run: RunData) -> tuple[Any, Any, str]:
     param = run.color_param
     cmap = colormaps["viridis"]
     if param is None:
-        numbers = [r["number"] for r in run.rows] or [0]
+        numbers = [r.number for r in run.rows] or [0]
         return cmap, Normalize(min(numbers), max(max(numbers), min(numbers) + 1)), "trial"
     values = [
-        float(r["params"][param])
-        for r in run.rows
-        if isinstance(r["params"].get(param), (int, float))
+        float(r.params[param]) for r in run.rows if isinstance(r.params.get(param), (int, float))
     ]
     lo, hi = min(values), max(values)
     if hi <= lo:
@@ -314,11 +304,11 @@ def _color_scale(run: RunData) -> tuple[Any, Any, str]:
     return cmap, Normalize(lo, hi), param
 
 
-def _color_value(run: RunData, row: Mapping[str, Any]) -> float:
+def _color_value(run: RunData, row: TrialRow) -> float:
     param = run.color_param
     if param is None:
-        return float(row["number"])
-    value = row["params"].get(param)
+        return float(row.number)
+    value = row.params.get(param)
     return float(value) if isinstance(value, (int, float)) else math.nan
 
 
@@ -343,11 +333,11 @@ def plot_curves(run: RunData) -> Figure:
     ax_gain, ax_loss = axes[0]
     cmap, norm, label = _color_scale(run)
     kinds_seen: set[str] = set()
-    every = np.concatenate([_numbers(r.get("gain_curve")) for r in run.rows] or [np.zeros(0)])
+    every = np.concatenate([_numbers(r.gain_curve) for r in run.rows] or [np.zeros(0)])
     span = _robust_range(every[np.isfinite(every)])
     for row in sorted(run.rows, key=lambda r: _color_value(run, r)):
-        gains = _numbers(row.get("gain_curve"))
-        losses = _numbers(row.get("train_loss"))
+        gains = _numbers(row.gain_curve)
+        losses = _numbers(row.train_loss)
         value = _color_value(run, row)
         color = cmap(norm(value)) if math.isfinite(value) else "grey"
         if gains.size:
@@ -366,7 +356,7 @@ def plot_curves(run: RunData) -> Figure:
                 ax_gain.plot(at + 1, y, clip_on=False, **style)
             else:  # no finite reading at all (diverged at once): on the bottom edge
                 ax_gain.plot(
-                    max(int(row.get("epochs") or 1), 1),
+                    max(int(row.epochs or 1), 1),
                     0.03,
                     transform=ax_gain.get_xaxis_transform(),
                     clip_on=False,
@@ -378,7 +368,7 @@ def plot_curves(run: RunData) -> Figure:
     if span:  # a trial that exploded (finite but huge) must not flatten every other curve
         ax_gain.set_ylim(*span)
     finite_losses = np.array(
-        [v for r in run.rows for v in _numbers(r.get("train_loss")) if v > 0 and math.isfinite(v)]
+        [v for r in run.rows for v in _numbers(r.train_loss) if v > 0 and math.isfinite(v)]
     )
     if finite_losses.size and finite_losses.max() / finite_losses.min() > 50:
         ax_loss.set_yscale("log")
@@ -428,7 +418,7 @@ def plot_per_epoch(run: RunData, key: str, ylabel: str) -> Figure:
     cmap, norm, _ = _color_scale(run)
     param = run.color_param or "trial"
     for row in sorted(run.rows, key=lambda r: _color_value(run, r)):
-        values = _numbers(row.get(key))
+        values = _numbers(getattr(row, key))
         if values.size:
             value = _color_value(run, row)
             color = cmap(norm(value)) if math.isfinite(value) else "grey"
@@ -463,7 +453,7 @@ def plot_spectrum(
     from torch import nn
 
     if isinstance(source, nn.Module):
-        from gainsearch.spectral import maximum_gain
+        from gainsearch.core.spectral import maximum_gain
 
         result = maximum_gain(
             source, probe, in_shape=None if probe is not None else in_shape, return_spectra=True
@@ -505,9 +495,9 @@ _FEATURES = (
 )
 
 
-def _row_features(row: Mapping[str, Any]) -> dict[str, float]:
-    gains = _numbers(row.get("gain_curve"))
-    value = row.get("value")
+def _row_features(row: TrialRow) -> dict[str, float]:
+    gains = _numbers(row.gain_curve)
+    value = row.value
     out = {"score": float(value) if isinstance(value, (int, float)) else math.nan}
     if gains.size >= 3 and np.all(np.isfinite(gains)):  # slopes and spreads need 3 readings
         feats = compute_features(gains)
@@ -524,7 +514,7 @@ def plot_features(run: RunData) -> Figure:
     params = [
         p
         for p in run.param_names
-        if any(isinstance(r["params"].get(p), (int, float)) for r in run.rows)
+        if any(isinstance(r.params.get(p), (int, float)) for r in run.rows)
     ] or ["trial"]
     fig, axes = _figure(
         3.2 * len(_FEATURES) + 0.4, 2.8 * len(params), ncols=len(_FEATURES), nrows=len(params)
@@ -533,7 +523,7 @@ def plot_features(run: RunData) -> Figure:
     for i, param in enumerate(params):
         xs = np.array(
             [
-                float(r["number"]) if param == "trial" else float(r["params"].get(param, math.nan))
+                float(r.number) if param == "trial" else float(r.params.get(param, math.nan))
                 for r in run.rows
             ]
         )
@@ -541,7 +531,7 @@ def plot_features(run: RunData) -> Figure:
             ax = axes[i, j]
             ys = np.array([f[key] for f in feats])
             for state, marker in (("complete", "o"), ("pruned", "v")):
-                mask = np.array([r["state"] == state for r in run.rows]) & np.isfinite(ys)
+                mask = np.array([r.state == state for r in run.rows]) & np.isfinite(ys)
                 if mask.any():
                     ax.scatter(xs[mask], ys[mask], marker=marker, s=28, label=state, alpha=0.85)
             if param in run.log_params:
@@ -556,17 +546,17 @@ def plot_features(run: RunData) -> Figure:
 def plot_diagnosis(run: RunData) -> Figure:
     """The diagnosis of each trial (y) against the colouring parameter (x)."""
     param = run.color_param
-    labels = [lab for lab in LABELS if any(r.get("diagnosis") == lab for r in run.rows)]
-    labels += sorted({str(r.get("diagnosis") or "none") for r in run.rows} - set(labels))
+    labels = [lab for lab in LABELS if any(r.diagnosis == lab for r in run.rows)]
+    labels += sorted({str(r.diagnosis or "none") for r in run.rows} - set(labels))
     fig, axes = _figure(7.5, 0.5 * len(labels) + 1.8)
     ax = axes[0, 0]
     markers = {"complete": "o", "pruned": "v", "failed": "D", "interrupted": "s"}
     for state, marker in markers.items():
-        rows = [r for r in run.rows if r["state"] == state]
+        rows = [r for r in run.rows if r.state == state]
         if not rows:
             continue
         xs = [_color_value(run, r) for r in rows]
-        ys = [labels.index(str(r.get("diagnosis") or "none")) for r in rows]
+        ys = [labels.index(str(r.diagnosis or "none")) for r in rows]
         ax.scatter(xs, ys, marker=marker, s=40, label=state, alpha=0.85)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_ylim(-0.6, len(labels) - 0.4)
@@ -599,12 +589,12 @@ def write_report(run: RunData | str | Path, out_dir: str | Path | None = None) -
         images["features"] = _png(plot_features(run))
         images["diagnosis"] = _png(plot_diagnosis(run))
     best = run.best_row
-    spectrum = (best or {}).get("spectrum") or {}
-    if spectrum.get("db") is not None:
+    spectrum = (best.spectrum if best is not None else None) or {}
+    if best is not None and spectrum.get("db") is not None:
         images["spectrum"] = _png(
             plot_spectrum(
                 spectrum["db"],
-                title=f"trial #{best['number']} (best): winning class {spectrum['winner']}, "  # type: ignore[index]
+                title=f"trial #{best.number} (best): winning class {spectrum['winner']}, "
                 f"Maximum Gain {spectrum['gain']:.1f} dB",
             )
         )
@@ -624,18 +614,18 @@ def write_sweep(run: RunData, out_dir: str | Path, stem: str) -> list[str]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / f"{stem}_curves.png", _png(plot_curves(run)))
-    if any(row.get("test_acc_curve") for row in run.rows):
+    if any(row.test_acc_curve for row in run.rows):
         test = plot_per_epoch(run, "test_acc_curve", "test accuracy (evaluation only)")
         write_atomic(out / f"{stem}_test.png", _png(test))
-    write_atomic(out / f"{stem}.json", json.dumps(run.rows, indent=1))
+    write_atomic(out / f"{stem}.json", json.dumps([r.to_dict() for r in run.rows], indent=1))
     param = run.color_param or "trial"
     lines = []
     for row in run.rows:
-        acc = row.get("test_acc")
-        gains = " ".join(f"{g:.1f}" for g in row["gain_curve"])
+        acc = row.test_acc
+        gains = " ".join("nan" if g is None else f"{g:.1f}" for g in row.gain_curve)
         lines.append(
             f"{param} {_color_value(run, row):<8.3g} test acc "
-            f"{'-' if acc is None else f'{acc:.3f}':<5}  {row['diagnosis']:<12} gains {gains}"
+            f"{'-' if acc is None else f'{acc:.3f}':<5}  {row.diagnosis:<12} gains {gains}"
         )
     return lines
 
@@ -674,8 +664,8 @@ def _html(run: RunData, images: Mapping[str, bytes]) -> str:
     e = html.escape
     counts: dict[str, int] = {}
     for r in run.rows:
-        counts[r["state"]] = counts.get(r["state"], 0) + 1
-    epochs = sum(int(r.get("epochs") or 0) for r in run.rows)
+        counts[r.state] = counts.get(r.state, 0) + 1
+    epochs = sum(int(r.epochs or 0) for r in run.rows)
     budget = (run.spec.get("train") or {}).get("epochs")
     best = run.best_row
     param = run.color_param or "trial"
@@ -734,28 +724,28 @@ def _html(run: RunData, images: Mapping[str, bytes]) -> str:
     if not images:
         parts.append('<p class="muted">No trials yet: nothing to plot.</p>')
     names = run.param_names
-    with_test = any(r.get("test_acc") is not None for r in run.rows)
+    with_test = any(r.test_acc is not None for r in run.rows)
     head = ["#", "state", *names, "value", "epochs", "final gain (dB)", "diagnosis", "why"]
     if with_test:
         head.append("test acc (evaluation only)")
     parts += ["<h2>Trials</h2><table><thead><tr>"]
     parts += [f"<th>{e(h)}</th>" for h in head]
     parts.append("</tr></thead><tbody>")
-    for r in sorted(run.rows, key=lambda r: r["number"]):
-        klass = "best" if best is not None and r["number"] == best["number"] else r["state"]
-        why = r.get("prune_reason") or r.get("diagnosis_reason") or ""
+    for r in sorted(run.rows, key=lambda r: r.number):
+        klass = "best" if best is not None and r.number == best["number"] else r.state
+        why = r.prune_reason or r.diagnosis_reason or ""
         cells = [
-            r["number"],
-            r["state"],
-            *[r["params"].get(n) for n in names],
-            r.get("value") if r.get("value") is not None else r.get("values"),
-            r.get("epochs"),
-            r.get("final_gain"),
-            r.get("diagnosis", ""),
+            r.number,
+            r.state,
+            *[r.params.get(n) for n in names],
+            r.value if r.value is not None else r.values,
+            r.epochs,
+            r.final_gain,
+            r.diagnosis,
             why,
         ]
         if with_test:
-            cells.append(r.get("test_acc"))
+            cells.append(r.test_acc)
         parts.append(f'<tr class="{e(str(klass))}">')
         parts += [f"<td>{e(_fmt(c))}</td>" for c in cells]
         parts.append("</tr>")

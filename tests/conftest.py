@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from gainsearch.data import TensorData, load_dataset
+from gainsearch.batteries.data import TensorData, load_dataset
 
 
 class SmallNet(nn.Module):

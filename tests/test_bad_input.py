@@ -17,13 +17,14 @@ import pytest
 import torch
 from torch import nn
 
+from gainsearch.batteries.data import DataError, load_dataset
 from gainsearch.cli import main
-from gainsearch.data import DataError, load_dataset
-from gainsearch.decision import DecisionConfig
-from gainsearch.integrations.optuna import GainPruner, make_storage
-from gainsearch.monitor import GainMonitor
-from gainsearch.spaces import SpecError, parse_spec
-from gainsearch.spectral import maximum_gain
+from gainsearch.core.decision import DecisionConfig
+from gainsearch.core.monitor import GainMonitor
+from gainsearch.core.spectral import maximum_gain
+from gainsearch.integrations.optuna import GainPruner
+from gainsearch.search.spaces import SpecError, parse_spec
+from gainsearch.search.study import make_storage
 
 SPEC = """\
 name: catalogue

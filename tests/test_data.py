@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from gainsearch.data import DataError, TensorData, load_dataset, read_idx
+from gainsearch.batteries.data import DataError, TensorData, load_dataset, read_idx
 
 MNIST5K = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist5k"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gainsearch.decision import (
+from gainsearch.core.decision import (
     BELOW_PERCENTILE,
     CONTINUE,
     DIVERGED,

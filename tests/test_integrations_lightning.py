@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from gainsearch.data import TensorData  # noqa: E402
+from gainsearch.batteries.data import TensorData  # noqa: E402
 from gainsearch.integrations.lightning import GainCallback  # noqa: E402
 from gainsearch.integrations.optuna import GainPruner  # noqa: E402
 
@@ -158,7 +158,7 @@ def test_ddp_rank_zero_measures_and_every_rank_decides_alike(tmp_path: Path) -> 
 
 def ray_fit(config: dict) -> None:
     """A Tune function trainable: a Lightning fit reported by GainCallback(ray_tune=True)."""
-    from gainsearch.data import load_dataset
+    from gainsearch.batteries.data import load_dataset
 
     digits = load_dataset("digits")
     torch.manual_seed(0)
@@ -173,7 +173,8 @@ def test_inside_ray_tune_the_gain_scheduler_decides(tmp_path: Path) -> None:
     import ray
     from ray import cloudpickle
 
-    from gainsearch.integrations.ray import GainScheduler, connect
+    from gainsearch.integrations.ray import GainScheduler
+    from gainsearch.search.run_ray import connect
 
     # Ray workers cannot import this test module: ship its functions by value
     cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -12,10 +12,11 @@ import pytest
 from optuna.trial import TrialState
 
 import gainsearch.integrations.optuna as optuna_backend
-from gainsearch.decision import DecisionConfig, decide
-from gainsearch.integrations.optuna import GainPruner, report_gain, run_study
-from gainsearch.objective import gain_score
-from gainsearch.spaces import parse_spec
+from gainsearch.core.decision import DecisionConfig, decide
+from gainsearch.core.objective import gain_score
+from gainsearch.integrations.optuna import GainPruner, report_gain
+from gainsearch.search.run_optuna import run_study
+from gainsearch.search.spaces import parse_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

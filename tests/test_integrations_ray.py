@@ -19,10 +19,11 @@ pytest.importorskip("ray.tune")
 import ray
 from ray.tune.schedulers import TrialScheduler
 
-from gainsearch.decision import DecisionConfig
+from gainsearch.core.decision import DecisionConfig
 from gainsearch.integrations.optuna import GainPruner
-from gainsearch.integrations.ray import GainScheduler, run_tuner
-from gainsearch.spaces import parse_spec
+from gainsearch.integrations.ray import GainScheduler
+from gainsearch.search.run_ray import run_tuner
+from gainsearch.search.spaces import parse_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gainsearch.models import create_model, list_models, register_model
+from gainsearch.batteries.models import create_model, list_models, register_model
 
 
 def n_params(model: nn.Module) -> int:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from gainsearch.monitor import GainMonitor, GainReading
-from gainsearch.spectral import maximum_gain
+from gainsearch.core.monitor import GainMonitor, GainReading
+from gainsearch.core.spectral import maximum_gain
 
 
 def test_measure_appends_readings(small_net: nn.Module) -> None:

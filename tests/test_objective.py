@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from gainsearch.features import compute_features
-from gainsearch.objective import (
+from gainsearch.core.features import compute_features
+from gainsearch.core.objective import (
     METRICS,
     ScoreConfig,
     TrialScoreConfig,

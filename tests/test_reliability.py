@@ -10,10 +10,10 @@ import optuna
 import pytest
 import torch
 
+from gainsearch.batteries.train import load_checkpoint
 from gainsearch.cli import main
-from gainsearch.integrations.optuna import run_study
-from gainsearch.spaces import parse_spec
-from gainsearch.train import load_checkpoint
+from gainsearch.search.run_optuna import run_study
+from gainsearch.search.spaces import parse_spec
 
 SPEC = parse_spec(
     {
@@ -66,8 +66,8 @@ def test_checkpoints_never_run_code(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_cifar_batches_and_specs_never_run_code(tmp_path: Path) -> None:
-    from gainsearch.data import DataError, load_dataset
-    from gainsearch.spaces import SpecError, load_spec
+    from gainsearch.batteries.data import DataError, load_dataset
+    from gainsearch.search.spaces import SpecError, load_spec
 
     marker = tmp_path / "executed"
     folder = tmp_path / "cifar-10-batches-py"

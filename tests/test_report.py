@@ -154,8 +154,11 @@ def synthetic_run() -> RunData:
     """Every kind of trial the figures must draw: complete, pruned for each reason, diverged at
     once (no finite gain), failed, and an interrupted one."""
 
-    def row(number: int, lr: float, state: str, gains: list, reason: str = "") -> dict:
+    def row(
+        number: int, lr: float, state: str, gains: list, reason: str = "", rule: str = ""
+    ) -> dict:
         return {
+            "prune_rule": rule,
             "number": number,
             "state": state,
             "params": {"lr": lr, "batch": 32},
@@ -171,9 +174,25 @@ def synthetic_run() -> RunData:
     rows = [
         row(0, 1e-3, "complete", [1.0, 3.0, 4.0, 4.5, 4.6]),
         row(1, 1e-2, "complete", [2.0, 5.0, 6.0, 6.2, 6.3]),
-        row(2, 1e-4, "pruned", [0.5, 0.7], "gain score 0.70 at epoch 2 is below the 50th pct"),
-        row(3, 0.3, "pruned", [5.0, -2.0, 7.0], "learning rate too high: variability 4.0"),
-        row(4, 3.0, "pruned", [None], "diverged: the gain became non-finite at epoch 1"),
+        row(
+            2,
+            1e-4,
+            "pruned",
+            [0.5, 0.7],
+            "gain score 0.70 at epoch 2 is below the 50th pct",
+            "below_percentile",
+        ),
+        row(
+            3,
+            0.3,
+            "pruned",
+            [5.0, -2.0, 7.0],
+            "learning rate too high: variability 4.0",
+            "too_variable",
+        ),
+        row(
+            4, 3.0, "pruned", [None], "diverged: the gain became non-finite at epoch 1", "diverged"
+        ),
         row(5, 0.05, "failed", [3.0]),
         row(6, 0.02, "interrupted", [2.0, 4.0]),
     ]
@@ -336,8 +355,8 @@ def test_a_sweep_of_your_own_results_makes_a_report(tmp_path: Path) -> None:
 
 def test_an_exploding_trial_does_not_flatten_the_other_curves() -> None:
     run = synthetic_run()
-    run.rows[3]["gain_curve"] = [5.0, 6.0, 600.0]  # finite but exploded, then pruned
-    run.rows[3]["train_loss"] = [1.0, 0.5, 1e12]
+    run.rows[3].gain_curve = [5.0, 6.0, 600.0]  # finite but exploded, then pruned
+    run.rows[3].train_loss = [1.0, 0.5, 1e12]
     fig = plot_curves(run)
     low, high = fig.axes[0].get_ylim()
     assert high < 100 and low < 0.5  # the other curves keep their scale

@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from gainsearch.spaces import SpecError, load_spec, parse_spec
+from gainsearch.search.spaces import SpecError, load_spec, parse_spec
 
 SPECS = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
 BASE = {"train": {"dataset": "digits", "model": "digits_lenet", "epochs": 3}}

@@ -10,7 +10,7 @@ import torch
 from scipy.signal.windows import hann
 from torch import nn
 
-from gainsearch.spectral import (
+from gainsearch.core.spectral import (
     DEFAULT_EPS,
     amplitude_spectrum_db,
     data_derivative,

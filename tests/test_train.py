@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gainsearch.data import TensorData
-from gainsearch.train import (
+from gainsearch.batteries.data import TensorData
+from gainsearch.batteries.train import (
     COMPLETED,
     DIVERGED,
     STOPPED,

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from gainsearch.monitor import GainMonitor
-from gainsearch.objective import TrialScoreConfig, trial_score
-from gainsearch.spectral import Target
+from gainsearch.core.monitor import GainMonitor
+from gainsearch.core.objective import TrialScoreConfig, trial_score
+from gainsearch.core.spectral import Target
 
 try:
     import lightning.pytorch as pl
@@ -67,7 +67,7 @@ class GainCallback(pl.Callback):
         target: ``"all"`` (class mean, default), ``"winner"`` (the paper) or a class index.
         smoothing: The smoothed gain's noise level (0: the paper's impulse gain).
         metric: What is reported to Optuna: ``"trial_score"`` (default) or another metric of
-            :data:`gainsearch.objective.METRICS` (a sequence for multi-objective studies).
+            :data:`gainsearch.core.objective.METRICS` (a sequence for multi-objective studies).
         trial_config: The trial score's form.
         log: Log :data:`LOGGED` with ``pl_module.log`` every epoch.
 

@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from gainsearch.spectral import _check_in_shape
+from gainsearch.core.spectral import _check_in_shape
 
 __all__ = ["MODELS", "check_model_name", "create_model", "list_models", "register_model"]
 

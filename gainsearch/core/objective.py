@@ -18,13 +18,13 @@ for those who want to try it (``gain_weight``, and ``early_epochs`` to count it 
     score = level - variability_weight * variability          # dB
 
 with ``level`` the median gain of the last ``W`` epochs and ``variability`` the spread of the last
-``W`` first differences (see :mod:`gainsearch.features`). A higher, saturated gain is a better
+``W`` first differences (see :mod:`gainsearch.core.features`). A higher, saturated gain is a better
 trained network (the paper's figures 8-13: the gain rises and flattens at a good learning rate,
 stays low when training is too slow); a jagged curve is a learning rate that is too high. A
 diverged curve scores ``nan`` (and is pruned by the decision core, never ranked).
 
 Other metrics can be optimised instead (``metric=``), and several at once in multi-objective
-studies: any numeric :class:`~gainsearch.features.CurveFeatures` field, e.g. ``level``
+studies: any numeric :class:`~gainsearch.core.features.CurveFeatures` field, e.g. ``level``
 (maximise) with ``variability`` (minimise).
 """
 
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from gainsearch.features import CurveFeatures, DiagnosisConfig, compute_features
+from gainsearch.core.features import CurveFeatures, DiagnosisConfig, compute_features
 
 __all__ = [
     "METRICS",

@@ -52,10 +52,17 @@ smallest rates stay flat 13-42 dB below their best peer with the training loss n
 71 % with the gain-only rules, 89 % with rules 5 and 8 (chosen on seeds 0-2, also 89 % on
 seeds 3-4).
 
-"High" variability is relative when peer curves are given: above ``peer_factor`` times the
-median variability of the peers over the same epochs (the paper's "trial a few learning rates"
-calibration), and never below ``min_high_variability``. Without peers the absolute threshold
-``high_variability`` is used.
+**Too variable** (:func:`variability_check`) is the one definition shared with the decision
+core, so that a trial pruned as "learning rate too high" is always diagnosed ``lr_too_high`` and
+the reverse: the variability of the last ``W`` differences *and* of the first ``W`` is high, and
+the gain fell by more than ``min_high_variability`` dB inside the last window (the fall tells a
+jagged curve from a good learning rate's steep early rise, whose differences also spread
+widely). "High" is relative when at least ``min_peers`` peer curves reached the same epoch:
+above ``peer_factor`` times the peers' median variability over the same epochs (the paper's
+"trial a few learning rates" calibration), and never below ``min_high_variability``. Without
+enough peers the absolute threshold ``high_variability`` is used. (Until version 0.1 the
+diagnosis used 4x and 0.5 dB/epoch without a fall, the decision 3x and 1 dB/epoch with one; the
+decision's constants were kept, as the ones the pruning benchmarks chose.)
 """
 
 from __future__ import annotations
@@ -79,10 +86,12 @@ __all__ = [
     "CurveFeatures",
     "Diagnosis",
     "DiagnosisConfig",
+    "VariabilityCheck",
     "compute_features",
     "diagnose",
     "peer_levels",
     "peer_variability",
+    "variability_check",
 ]
 
 DIVERGED = "diverged"
@@ -104,7 +113,8 @@ class DiagnosisConfig:
         min_epochs: Readings needed before a diagnosis other than ``undetermined``/``diverged``.
         high_variability: Absolute "high variability" threshold (dB/epoch), used without peers.
         peer_factor: With peers: high = above this multiple of the peers' median variability.
-        min_high_variability: With peers: never call variability below this "high".
+        min_high_variability: With peers: never call variability below this "high"; also the
+            fall (dB) inside the last window that a too variable curve must show.
         rising_slope: A trend above this (dB/epoch) counts as still rising.
         saturated: Saturation at or above this counts as flattened.
         slope_floor: Slopes below this (dB/epoch) count as flat in the saturation ratio.
@@ -120,8 +130,8 @@ class DiagnosisConfig:
     window: int = 5
     min_epochs: int = 3
     high_variability: float = 1.0
-    peer_factor: float = 4.0
-    min_high_variability: float = 0.5
+    peer_factor: float = 3.0
+    min_high_variability: float = 1.0
     rising_slope: float = 0.05
     saturated: float = 1.0
     slope_floor: float = 0.05
@@ -350,13 +360,66 @@ def _loss_curve(train_loss: Sequence[float] | float | np.ndarray | None) -> np.n
     return np.atleast_1d(values)
 
 
+@dataclass(frozen=True)
+class VariabilityCheck:
+    """The one "too variable" verdict (module docstring), with its evidence.
+
+    Attributes:
+        too_variable: High variability early and late, with a fall in the last window: the
+            learning rate is too high (diagnosis ``lr_too_high``, decision ``too_variable``).
+        late_high: The variability of the last ``W`` differences alone is high.
+        threshold: "High" for the last window (dB/epoch).
+        early_threshold: "High" for the first window (dB/epoch).
+        fall: The largest fall between consecutive readings of the last window (dB).
+        peers: Peers that set the thresholds (0: the absolute ``high_variability``).
+    """
+
+    too_variable: bool
+    late_high: bool
+    threshold: float
+    early_threshold: float
+    fall: float
+    peers: int
+
+
+def variability_check(
+    curve: Sequence[float] | np.ndarray,
+    peers: Sequence[Sequence[float] | np.ndarray] | None = None,
+    *,
+    config: DiagnosisConfig | None = None,
+    min_peers: int = 3,
+    features: CurveFeatures | None = None,
+) -> VariabilityCheck:
+    """Whether ``curve`` is too variable, against the peers that reached the same epoch.
+
+    ``features`` (of ``curve``, same ``config``) saves computing them again.
+    """
+    cfg = config or DiagnosisConfig()
+    feats = features or compute_features(curve, config=cfg)
+    late, n_peers = _high_threshold(peers, feats.n_epochs, cfg, min_peers, early=False)
+    early, _ = _high_threshold(peers, feats.n_epochs, cfg, min_peers, early=True)
+    gains = np.asarray(curve, dtype=np.float64).ravel()
+    window = gains[-(cfg.window + 1) :]
+    fall = max(float(np.max(window[:-1] - window[1:])), 0.0) if window.size > 1 else 0.0
+    late_high = bool(feats.variability > late)
+    too = (
+        late_high
+        and bool(feats.early_variability > early)
+        and fall > cfg.min_high_variability
+        and not feats.diverged
+    )
+    return VariabilityCheck(
+        too, late_high, late, early, fall if math.isfinite(fall) else 0.0, n_peers
+    )
+
+
 def diagnose(
     curve: Sequence[float] | np.ndarray,
     *,
     peers: Sequence[Sequence[float] | np.ndarray] | None = None,
     epochs: Sequence[int] | None = None,
     config: DiagnosisConfig | None = None,
-    min_peers: int = 2,
+    min_peers: int = 3,
     diverged_epoch: int | None = None,
     train_loss: Sequence[float] | float | np.ndarray | None = None,
 ) -> Diagnosis:
@@ -378,8 +441,8 @@ def diagnose(
     cfg = config or DiagnosisConfig()
     losses = _loss_curve(train_loss)
     feats = compute_features(curve, epochs=epochs, config=cfg)
-    late_threshold, n_peers = _high_threshold(peers, feats.n_epochs, cfg, min_peers, early=False)
-    early_threshold, _ = _high_threshold(peers, feats.n_epochs, cfg, min_peers, early=True)
+    check = variability_check(curve, peers, config=cfg, min_peers=min_peers, features=feats)
+    late_threshold, n_peers = check.threshold, check.peers
 
     def make(label: str, reason: str, onset: int | None = None) -> Diagnosis:
         return Diagnosis(
@@ -399,14 +462,13 @@ def diagnose(
         return make(
             UNDETERMINED, f"{feats.n_epochs} reading(s); {cfg.min_epochs} are needed to judge"
         )
-    early_high = feats.early_variability > early_threshold
-    late_high = feats.variability > late_threshold
-    if early_high and late_high:
+    if check.too_variable:
         return make(
             LR_TOO_HIGH,
             f"high variability at all epochs ({feats.early_variability:.2f} early, "
-            f"{feats.variability:.2f} late dB/epoch; high is > {late_threshold:.2f}): "
-            "learning rate too high",
+            f"{feats.variability:.2f} late dB/epoch; high is > {late_threshold:.2f}"
+            f"{f' ({cfg.peer_factor:g}x the median of {n_peers} peers)' if n_peers else ''}) "
+            f"and a fall of {check.fall:.2f} dB: learning rate too high",
         )
     if feats.overfit_onset is not None:
         return make(
@@ -433,7 +495,7 @@ def diagnose(
             f"still rising ({feats.trend:+.2f} dB/epoch over the last {cfg.window} epochs, "
             f"saturation {feats.saturation:.2f}): learning rate too low or train longer",
         )
-    if late_high:
+    if check.late_high:
         return make(
             OVERFITTING,
             f"smooth at first, then variable ({feats.variability:.2f} dB/epoch over the last "

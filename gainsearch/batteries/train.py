@@ -19,6 +19,7 @@ it when given the same ``checkpoint_path`` (it is loaded with ``torch.load(weigh
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -27,17 +28,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gainsearch.data import DATASETS, TensorData, load_dataset
-from gainsearch.features import Diagnosis, diagnose
-from gainsearch.models import check_model_name, create_model
-from gainsearch.monitor import GainMonitor
-from gainsearch.spectral import _check_target
+from gainsearch.batteries.data import DATASETS, TensorData, load_dataset
+from gainsearch.batteries.models import check_model_name, create_model
+from gainsearch.core.features import Diagnosis, diagnose
+from gainsearch.core.monitor import GainMonitor
+from gainsearch.core.spectral import _check_target
 
 __all__ = [
     "COMPLETED",
@@ -71,10 +72,11 @@ class TrainConfig:
     """Everything that defines one trial. Validated on construction.
 
     Attributes:
-        dataset: Data set name (see :data:`gainsearch.data.DATASETS`).
+        dataset: Data set name (see :data:`gainsearch.batteries.data.DATASETS`).
         data_root: Folder of on-disk data sets (not needed for ``digits``).
-        model: Registry model name (see :func:`gainsearch.models.list_models`) or the import path
-            ``"module:callable"`` of your own model (see :mod:`gainsearch.models`).
+        model: Registry model name (see :func:`gainsearch.batteries.models.list_models`) or
+            the import path ``"module:callable"`` of your own model (see
+            :mod:`gainsearch.batteries.models`).
         model_args: Keyword arguments for the model factory (e.g. for your own model).
         width: Channel multiplier of the model (registry models).
         dropout: Dropout before the classifier's last layer; ``None`` keeps the model's default
@@ -103,10 +105,10 @@ class TrainConfig:
         device: Torch device, e.g. ``"cpu"`` or ``"cuda"``.
         gain_target: ``"all"`` (default: the class-robust mean over classes, which does not
             jump when the impulse's winning class flips), ``"winner"`` (the paper) or a class
-            index (see :func:`gainsearch.spectral.maximum_gain`).
+            index (see :func:`gainsearch.core.spectral.maximum_gain`).
         gain_smoothing: ``0``: the paper's impulse gain; ``s > 0``: the smoothed gain, the
             derivative averaged over 8 impulse probes with fixed Gaussian noise of std ``s``
-            (robust on BatchNorm networks, see :func:`gainsearch.spectral.maximum_gain`).
+            (robust on BatchNorm networks, see :func:`gainsearch.core.spectral.maximum_gain`).
         eval_test: Record test loss/accuracy per epoch. Reporting only: nothing decides on it.
     """
 
@@ -195,6 +197,11 @@ class TrainConfig:
             fail("device", "a torch device such as 'cpu', 'cuda' or 'cuda:1'")
         if self.precision == "16" and torch.device(self.device).type != "cuda":
             fail("precision", "'32' or 'bf16' on a non-CUDA device ('16' needs a CUDA device)")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The names of the settings, in order."""
+        return tuple(f.name for f in fields(cls))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -348,7 +355,7 @@ def train_trial(
         raise ValueError(f"data is {data.name!r} but config.dataset={cfg.dataset!r}.")
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = _build_model(cfg, data).to(device)
+    model = _build_model(cfg, data.in_shape, data.num_classes).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = _make_optimizer(cfg, model)
@@ -506,6 +513,93 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def model_from_checkpoint(
+    path: str | Path, *, in_shape: Sequence[int] | None = None, num_classes: int | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained model of a checkpoint written by :func:`train_trial` (on the CPU), rebuilt
+    from the checkpoint's own configuration, and the checkpoint.
+
+    Args:
+        path: The ``checkpoint.pt``.
+        in_shape: ``(C, H, W)``, for a checkpoint that does not record its data's shape.
+        num_classes: Likewise for the number of classes.
+
+    Raises:
+        ValueError: as :func:`load_checkpoint`, or the shape is unknown.
+    """
+    state = load_checkpoint(path)
+    config = TrainConfig.from_dict(state["config"])
+    data = state.get("data") or {}
+    shape = data.get("in_shape") or in_shape
+    classes = data.get("num_classes") or num_classes
+    if not shape or not classes:
+        raise ValueError(
+            f"checkpoint {path} does not record its input shape and classes: pass in_shape and "
+            "num_classes."
+        )
+    model = _build_model(config, shape, int(classes))
+    model.load_state_dict(state["model"])
+    return model, state
+
+
+class GainHistory(NamedTuple):
+    """A gain history read back from a file (:func:`read_history`)."""
+
+    gains: list[float]
+    epochs: list[int] | None
+    diverged_epoch: int | None  # the first epoch whose training loss was non-finite
+    train_loss: list[float] | None  # when every record has one
+
+
+def read_history(path: str | Path) -> GainHistory:
+    """Read a gain history: ``history.json`` written by ``gainsearch train``
+    (:meth:`TrialResult.to_dict`), a JSON list of gains (dB), or a text file of one gain a line.
+
+    Raises:
+        ValueError: the file cannot be read or is none of these.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"history {path}: cannot read it: {err}") from err
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            values = [float(line) for line in text.split() if line.strip()]
+        except ValueError as err:
+            raise ValueError(
+                f"history {path} is neither JSON nor a text file of one gain (dB) per line: {err}"
+            ) from err
+        return GainHistory(values, None, None, None)
+    if isinstance(data, dict) and isinstance(data.get("history"), list):
+        records = data["history"]
+        if not all(isinstance(r, dict) and "gain" in r for r in records):
+            raise ValueError(f"history {path}: every record of 'history' needs a 'gain' entry.")
+        diverged = next(
+            (
+                int(r["epoch"])
+                for r in records
+                if "train_loss" in r and not math.isfinite(float(r["train_loss"]))
+            ),
+            None,
+        )
+        with_losses = bool(records) and all("train_loss" in r for r in records)
+        return GainHistory(
+            [float(r["gain"]) for r in records],
+            [int(r["epoch"]) for r in records] if all("epoch" in r for r in records) else None,
+            diverged,
+            [float(r["train_loss"]) for r in records] if with_losses else None,
+        )
+    if isinstance(data, list) and all(isinstance(v, (int, float)) for v in data):
+        return GainHistory([float(v) for v in data], None, None, None)
+    raise ValueError(
+        f"history {path} must be a history.json written by `gainsearch train` (a mapping with a "
+        "'history' list) or a JSON list of gains in dB."
+    )
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -513,11 +607,11 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _build_model(cfg: TrainConfig, data: TensorData) -> nn.Module:
+def _build_model(cfg: TrainConfig, in_shape: Sequence[int], num_classes: int) -> nn.Module:
     kwargs: dict[str, Any] = dict(cfg.model_args)
     if cfg.dropout is not None:
         kwargs["dropout"] = cfg.dropout
-    return create_model(cfg.model, data.in_shape, data.num_classes, width=cfg.width, **kwargs)
+    return create_model(cfg.model, tuple(in_shape), num_classes, width=cfg.width, **kwargs)
 
 
 def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:

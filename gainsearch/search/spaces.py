@@ -16,12 +16,12 @@ hyperparameters and configures the objective and the pruner::
     objective:
       metric: trial_score           # (default) or score, level, ...; a list for multi-objective
       mode: max                     # or a list: [max, min]
-      gain_weight: 0.5              # the trial score's form (see gainsearch.objective)
+      gain_weight: 0.5              # the trial score's form (see gainsearch.core.objective)
       early_epochs: 3
       variability_weight: 1.0       # the gain score's weight
     pruner:
       type: gain                    # gain | median | asha | none
-      warmup_epochs: 1              # the decision core's settings (gainsearch.decision)
+      warmup_epochs: 1              # the decision core's settings (gainsearch.core.decision)
       min_peers: 3
       percentile: 50
       variability_factor: 3.0
@@ -44,10 +44,10 @@ from typing import Any
 
 import yaml
 
-from gainsearch.decision import DecisionConfig
-from gainsearch.features import DiagnosisConfig
-from gainsearch.objective import METRICS, ScoreConfig, TrialScoreConfig
-from gainsearch.train import TrainConfig
+from gainsearch.batteries.train import TrainConfig
+from gainsearch.core.decision import DecisionConfig
+from gainsearch.core.features import DiagnosisConfig
+from gainsearch.core.objective import METRICS, ScoreConfig, TrialScoreConfig
 
 __all__ = [
     "ExperimentSpec",

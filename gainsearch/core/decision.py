@@ -11,15 +11,18 @@ first ``t`` readings, only those that reached epoch ``t`` with finite gains):
    warm-up or not;
 2. ``t < warmup_epochs`` -> continue (``warmup``);
 3. fewer than ``min_peers`` peers -> continue (``few_peers``);
-4. variability above ``variability_factor`` x the peers' median variability and above
-   ``min_variability`` dB/epoch, with a fall of more than ``min_variability`` dB inside the
-   window -> prune (``too_variable``: learning rate too high). The fall is what tells a jagged
-   curve from a good learning rate's steep early rise, whose differences also spread widely
-   (without it, ``benchmarks/selection.py`` replayed on digits pruned the best rate in one seed
-   of five: regret 4.28 points; with it 0.39);
+4. too variable -> prune (``too_variable``: learning rate too high). This is the diagnosis's
+   own definition (:func:`gainsearch.core.features.variability_check`): variability of the
+   first and of the last window above ``variability_factor`` x the peers' median and above
+   ``min_variability`` dB/epoch, with a fall of more than ``min_variability`` dB inside the last
+   window. So a trial pruned here is diagnosed ``lr_too_high`` at that epoch, and a trial
+   diagnosed ``lr_too_high`` against ``min_peers`` peers is pruned. The fall is what tells a
+   jagged curve from a good learning rate's steep early rise, whose differences also spread
+   widely (without it, ``benchmarks/selection.py`` replayed on digits pruned the best rate in
+   one seed of five: regret 4.28 points; with it 0.39);
 5. score below the ``percentile``-th percentile of the peers' scores at the same epoch -> prune
    (``below_percentile``). The score is the value the study optimises, as reported per epoch
-   (``values``/``peer_values``: the trial score by default, see :mod:`gainsearch.objective`);
+   (``values``/``peer_values``: the trial score by default, see :mod:`gainsearch.core.objective`);
    without them, the gain score of the curves;
 6. otherwise continue.
 
@@ -35,8 +38,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gainsearch.features import DiagnosisConfig, compute_features
-from gainsearch.objective import ScoreConfig, gain_score
+from gainsearch.core.features import (
+    CurveFeatures,
+    DiagnosisConfig,
+    compute_features,
+    variability_check,
+)
+from gainsearch.core.objective import ScoreConfig, gain_score
 
 __all__ = [
     "BELOW_PERCENTILE",
@@ -73,21 +81,45 @@ class DecisionConfig:
             (Ray Tune's ``grace_period``); 1 = judged from the first reading.
         min_peers: Peers that reached the same epoch needed before comparing.
         percentile: Prune when the score is below this percentile of the peers' (0-100).
-        variability_factor: Prune when variability exceeds this multiple of the peers' median.
-        min_variability: ...and exceeds this absolute floor (dB/epoch).
+        variability_factor: Too variable above this multiple of the peers' median variability
+            (``None``: the diagnosis's ``peer_factor``; a value given here is written there, so
+            that the decision and the diagnosis keep one definition).
+        min_variability: ...and above this floor (dB/epoch), with a fall of as many dB
+            (``None``: the diagnosis's ``min_high_variability``; given: written there).
         score: The score's weights.
-        diagnosis: Feature windows.
+        diagnosis: Feature windows and the "too variable" thresholds.
     """
 
     warmup_epochs: int = 1
     min_peers: int = 3
     percentile: float = 50.0
-    variability_factor: float = 3.0
-    min_variability: float = 1.0
+    variability_factor: float | None = None
+    min_variability: float | None = None
     score: ScoreConfig = field(default_factory=ScoreConfig)
     diagnosis: DiagnosisConfig = field(default_factory=DiagnosisConfig)
 
     def __post_init__(self) -> None:
+        # one definition of "too variable": the diagnosis's thresholds, set from here if given
+        overrides = {
+            key: value
+            for key, value in (
+                ("peer_factor", self.variability_factor),
+                ("min_high_variability", self.min_variability),
+            )
+            if value is not None
+        }
+        for name, value in (
+            ("variability_factor", self.variability_factor),
+            ("min_variability", self.min_variability),
+        ):
+            if value is not None and not (
+                isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+            ):
+                raise ValueError(f"{name} must be a positive number, but got {name}={value!r}.")
+        diagnosis = self.diagnosis.with_overrides(**overrides) if overrides else self.diagnosis
+        object.__setattr__(self, "diagnosis", diagnosis)
+        object.__setattr__(self, "variability_factor", diagnosis.peer_factor)
+        object.__setattr__(self, "min_variability", diagnosis.min_high_variability)
         for name in ("warmup_epochs", "min_peers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -95,10 +127,6 @@ class DecisionConfig:
         p = self.percentile
         if not (isinstance(p, (int, float)) and 0.0 <= p <= 100.0):
             raise ValueError(f"percentile must be between 0 and 100 inclusive, but got {p=}.")
-        for name in ("variability_factor", "min_variability"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, but got {name}={value!r}.")
 
 
 @dataclass(frozen=True)
@@ -121,6 +149,8 @@ def decide(
     diverged: bool = False,
     values: Sequence[float] | np.ndarray | None = None,
     peer_values: Sequence[Sequence[float] | np.ndarray] | None = None,
+    features: CurveFeatures | None = None,
+    metric: str = "score",
 ) -> Decision:
     """Decide whether the trial with gain ``curve`` continues, against its ``peers``.
 
@@ -130,11 +160,13 @@ def decide(
         config: Thresholds.
         diverged: The trainer saw a non-finite training loss.
         values: The objective the study optimises, one value per epoch so far, higher is
-            better (e.g. :func:`gainsearch.objective.trial_score` of each epoch's history). The
+            better (e.g. :func:`gainsearch.core.objective.trial_score` of each epoch's history). The
             percentile rule compares ``values[t - 1]`` with the peers' value at epoch ``t``.
             ``None``: the gain score of ``curve`` and of the peers' curves.
         peer_values: Other trials' values per epoch (any lengths; needed with ``values``). Peers
             without a finite value at epoch ``t`` are left out of the percentile rule.
+        features: The features of ``curve`` (same diagnosis config), when already computed.
+        metric: The name of ``values`` in the reasons.
     """
     if (values is None) != (peer_values is None):
         raise ValueError("values and peer_values go together: pass both or neither.")
@@ -146,7 +178,8 @@ def decide(
         at = int(bad[0]) + 1 if bad.size else t
         what = "gain" if bad.size else "training loss"
         return Decision(True, DIVERGED, f"diverged: the {what} became non-finite at epoch {at}", t)
-    score = gain_score(gains, config=cfg.score, diagnosis=cfg.diagnosis) if t else math.nan
+    feats = features or compute_features(gains, config=cfg.diagnosis)
+    score = gain_score(feats, config=cfg.score) if t else math.nan
     if t < cfg.warmup_epochs:
         return Decision(False, WARMUP, f"warm-up: epoch {t} of {cfg.warmup_epochs}", t, score)
     heads = []
@@ -158,28 +191,21 @@ def decide(
     if n < cfg.min_peers:
         reason = f"{n} peer(s) reached epoch {t}; {cfg.min_peers} are needed to compare"
         return Decision(False, FEW_PEERS, reason, t, score, n)
-    feats = compute_features(gains, config=cfg.diagnosis)
-    peer_var = float(
-        np.median([compute_features(h, config=cfg.diagnosis).variability for h in heads])
+    check = variability_check(
+        gains, heads, config=cfg.diagnosis, min_peers=cfg.min_peers, features=feats
     )
-    window = gains[-(cfg.diagnosis.window + 1) :]
-    drop = float(np.max(window[:-1] - window[1:])) if window.size > 1 else 0.0
-    if (
-        feats.variability > cfg.min_variability
-        and feats.variability > cfg.variability_factor * peer_var
-        and drop > cfg.min_variability
-    ):
+    if check.too_variable:
         reason = (
             f"learning rate too high: variability {feats.variability:.2f} dB/epoch at epoch {t} "
-            f"is above {cfg.variability_factor:g}x the median of {n} peers ({peer_var:.2f}) "
-            f"and the gain fell {drop:.2f} dB"
+            f"is above {cfg.diagnosis.peer_factor:g}x the median of {n} peers (high is > "
+            f"{check.threshold:.2f}) and the gain fell {check.fall:.2f} dB"
         )
         return Decision(True, TOO_VARIABLE, reason, t, score, n)
     what, fmt = "gain score", ".2f"
     if values is None or peer_values is None:
         peer_scores = [gain_score(h, config=cfg.score, diagnosis=cfg.diagnosis) for h in heads]
     else:
-        what, fmt = "score", ".3g"
+        what, fmt = metric, ".3g"
         own = np.asarray(values, dtype=np.float64).ravel()
         score = float(own[t - 1]) if own.size >= t else math.nan
         peer_scores = [
@@ -199,5 +225,5 @@ def decide(
         )
         return Decision(True, BELOW_PERCENTILE, reason, t, score, n)
     return Decision(
-        False, CONTINUE, f"score {score:{fmt}} at epoch {t} is within its peers", t, score, n
+        False, CONTINUE, f"{what} {score:{fmt}} at epoch {t} is within its peers", t, score, n
     )

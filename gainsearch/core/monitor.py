@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from gainsearch.features import CurveFeatures, Diagnosis, compute_features, diagnose
-from gainsearch.spectral import (
+from gainsearch.core.features import CurveFeatures, Diagnosis, compute_features, diagnose
+from gainsearch.core.spectral import (
     DEFAULT_EPS,
     Target,
     _check_in_shape,
@@ -98,7 +98,7 @@ class GainMonitor:
         normalize: Differentiate ``log y_c`` (the paper) rather than ``y_c``.
         eps: Floor added to the amplitude before the logarithm.
         smoothing: ``0`` (the paper's impulse gain) or the noise level of the smoothed gain
-            (see :func:`gainsearch.spectral.maximum_gain`), robust on BatchNorm networks.
+            (see :func:`gainsearch.core.spectral.maximum_gain`), robust on BatchNorm networks.
 
     Epochs passed to :meth:`measure` must strictly increase; a restarted trial restores the
     history with :meth:`load_state_dict` and continues after its last epoch.
@@ -251,11 +251,11 @@ class GainMonitor:
         }
 
     def features(self, **kwargs: Any) -> CurveFeatures:
-        """:func:`gainsearch.features.compute_features` of the gain curve."""
+        """:func:`gainsearch.core.features.compute_features` of the gain curve."""
         return compute_features(self.gains, epochs=self.epochs, **kwargs)
 
     def diagnose(self, peers: Sequence[Sequence[float]] | None = None, **kwargs: Any) -> Diagnosis:
-        """:func:`gainsearch.features.diagnose` of the gain curve, optionally against peers."""
+        """:func:`gainsearch.core.features.diagnose` of the gain curve, optionally against peers."""
         return diagnose(self.gains, peers=peers, epochs=self.epochs, **kwargs)
 
     # ---------------------------------------------------------------------------------------

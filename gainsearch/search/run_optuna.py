@@ -1,0 +1,364 @@
+"""The Optuna runner behind ``gainsearch search --backend optuna``: the built-in trainer as an
+Optuna objective (:class:`GainObjective`), reported through
+:func:`gainsearch.integrations.optuna.report_gain`, and :func:`run_study`, which runs (or resumes)
+a study in one process or several, stops cleanly on SIGINT/SIGTERM and writes the results.
+
+Each trial keeps in its user attributes: ``gain_curve`` (dB per epoch), ``features``,
+``diagnosis``, ``diagnosis_reason``, ``decision_rule`` and ``decision_reason`` (see
+:func:`gainsearch.core.evaluation.evaluate`), ``train_loss`` per epoch, ``prune_rule`` and
+``prune_reason`` when pruned, ``config`` (the resolved training configuration) and, with
+``eval_test``, ``test_acc`` and ``test_loss`` per epoch. Nothing that decides reads the test
+metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from gainsearch.batteries.data import TensorData, load_dataset
+from gainsearch.batteries.train import EpochContext, TrainConfig, train_trial
+from gainsearch.integrations.optuna import report_gain
+from gainsearch.search.results import (
+    TrialRow,
+    check_out_dir,
+    finite_json,
+    redact,
+    write_results,
+)
+from gainsearch.search.spaces import ExperimentSpec
+from gainsearch.search.study import (
+    best_summary,
+    check_same_space,
+    check_timeout,
+    create_study,
+    finished_count,
+    study_counts,
+    trial_rows,
+)
+
+__all__ = ["GainObjective", "StudyOutcome", "run_study"]
+
+
+class GainObjective:
+    """Objective for ``study.optimize``: one built-in trial per call, on a spec's search space.
+
+    Args:
+        spec: The experiment.
+        data: Pre-loaded data (default: loaded once, on first call).
+        eval_test: Record test loss/accuracy per epoch in user attributes (evaluation only).
+    """
+
+    def __init__(
+        self, spec: ExperimentSpec, *, data: TensorData | None = None, eval_test: bool = False
+    ) -> None:
+        self.spec = spec
+        self.eval_test = eval_test
+        self._data = data
+
+    @property
+    def data(self) -> TensorData:
+        if self._data is None:  # dataset and data_root are never searched (spaces.NOT_SEARCHABLE)
+            fixed = TrainConfig.from_dict(self.spec.train)
+            self._data = load_dataset(fixed.dataset, fixed.data_root)
+        return self._data
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        params = self.spec.suggest(trial)
+        config = self.spec.train_config({**params, "eval_test": self.eval_test})
+        trial.set_user_attr("config", config.to_dict())
+        metrics = self.spec.metrics
+        losses: list[float] = []
+        test_acc: list[float] = []
+        test_loss: list[float] = []
+        reported: list[float | tuple[float, ...]] = [
+            math.nan if len(metrics) == 1 else (math.nan,) * len(metrics)
+        ]
+
+        def on_epoch(ctx: EpochContext) -> None:
+            losses.append(float(ctx.record["train_loss"]))
+            trial.set_user_attr("train_loss", finite_json(losses))
+            if ctx.epoch == config.epochs and not ctx.diverged:  # for the report's figure
+                trial.set_user_attr("spectrum", ctx.monitor.spectrum(ctx.model))
+            if self.eval_test:  # recorded for evaluation only: nothing below reads them
+                test_acc.append(float(ctx.record["test_acc"]))
+                test_loss.append(float(ctx.record["test_loss"]))
+                trial.set_user_attr("test_acc", test_acc)
+                trial.set_user_attr("test_loss", finite_json(test_loss))
+            reported[0] = report_gain(
+                trial,
+                ctx.monitor,
+                ctx.epoch,
+                metric=metrics,
+                diverged=ctx.diverged,
+                score_config=self.spec.score,
+                train_loss=losses,
+                trial_config=self.spec.trial,
+            )
+
+        result = train_trial(
+            config, data=self.data, callbacks=[on_epoch], stop_event=_stop_requested
+        )
+        trial.set_user_attr("status", result.status)  # a diverged trial was pruned by on_epoch
+        return reported[0]  # the last epoch's value(s), as reported
+
+
+@dataclass
+class StudyOutcome:
+    """What :func:`run_study` leaves behind."""
+
+    study_name: str
+    storage: str
+    rows: list[TrialRow]
+    best: dict[str, Any]
+    interrupted: bool = False
+
+    def where(self) -> list[str]:
+        """Where the results are (for the end-of-run summary)."""
+        return [f"study:       {self.study_name} in {redact(self.storage)}"]
+
+
+class _Interrupted(KeyboardInterrupt):
+    """A stop request (SIGINT/SIGTERM) raised at a safe point: Optuna fails the running trial."""
+
+
+_stop_requested = threading.Event()
+
+
+def _request_stop(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM during a study: stop at the next batch, or before the next trial.
+
+    The first signal only sets a flag, which the trainer checks between batches and
+    :func:`_optimize` between trials. An exception raised in the handler itself would land at
+    any line: inside a finaliser Python drops it ("Exception ignored ... KeyboardInterrupt") and
+    the study runs on (seen in CI); between the start of Optuna's heartbeat thread and its
+    ``with`` block it leaves that non-daemon thread running, so the process never exits (the
+    likely cause of a CI run that wrote its results and then hung). A second signal raises at
+    once.
+    """
+    if _stop_requested.is_set():
+        raise _Interrupted(f"signal {signum} again")
+    _stop_requested.set()
+    os.write(2, b"gainsearch: stopping after the current batch (signal again: at once)\n")
+
+
+def _check_stop() -> None:
+    if _stop_requested.is_set():
+        raise _Interrupted("stop requested")
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM request a stop (main thread only: elsewhere Python does not deliver
+    signals, and the caller's handlers stay). An ignored signal stays ignored (``nohup``, or a
+    background job of a script, whose SIGINT is ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _stop_requested.clear()
+    previous = {
+        s: signal.signal(s, _request_stop)
+        for s in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(s) is not signal.SIG_IGN
+    }
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _stop_requested.clear()
+
+
+# Wall-clock time: spawned workers compare it with the parent's deadline. Tests replace it.
+_now = time.time
+
+
+def _optimize(
+    spec: ExperimentSpec,
+    storage: str,
+    study_name: str,
+    n_trials: int,
+    deadline: float | None,
+    eval_test: bool,
+    heartbeat: int | None,
+    retry_failed: int = 0,
+    on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+) -> None:
+    """One worker: run trials until the study has ``n_trials`` finished ones or time is up."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = create_study(
+        spec, storage, study_name=study_name, heartbeat=heartbeat, retry_failed=retry_failed
+    )
+    objective = GainObjective(spec, eval_test=eval_test)
+    callbacks = [on_trial] if on_trial else []
+    while finished_count(study) < n_trials:
+        _check_stop()
+        if deadline is not None and _now() >= deadline:
+            break
+        study.optimize(objective, n_trials=1, callbacks=callbacks, catch=())
+
+
+def _worker_main(*args: Any) -> None:  # pragma: no cover - runs in a spawned process
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which sends SIGTERM
+    threads = int(os.environ.get("GAINSEARCH_WORKER_THREADS", "1"))
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    with contextlib.suppress(KeyboardInterrupt):
+        _optimize(*args)
+
+
+def run_study(
+    spec: ExperimentSpec,
+    *,
+    out_dir: str | Path,
+    n_trials: int,
+    storage: str | None = None,
+    study_name: str | None = None,
+    timeout: float | None = None,
+    workers: int = 1,
+    eval_test: bool = False,
+    heartbeat: int | None = 10,
+    retry_failed: int = 0,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> StudyOutcome:
+    """Run (or resume) a study until it holds ``n_trials`` finished trials.
+
+    Finished means complete or pruned; failed trials (a killed worker, an interrupted run) do
+    not count, so running the same command again tops the study up to ``n_trials``. With
+    ``workers > 1`` that many processes share the storage; trials already running when the
+    count is reached still finish, so the study may end up to ``workers - 1`` trials over.
+
+    Args:
+        spec: The experiment.
+        out_dir: Where ``study.db`` (default storage), ``trials.csv``, ``best.json`` and
+            ``spec.yaml`` go.
+        n_trials: Finished trials wanted in the study (>= 1).
+        storage: Optuna storage URL (default ``sqlite:///OUT/study.db``).
+        study_name: Default: the spec's name.
+        timeout: Seconds, counted from this call, after which no new trial starts.
+        workers: Parallel worker processes.
+        eval_test: Record test metrics (evaluation only).
+        heartbeat: Heartbeat interval in seconds (``None``/0: off); a trial whose worker died
+            is marked failed after 3 intervals.
+        retry_failed: Re-queue a trial marked failed that way, with the same parameters, up to
+            this many times (needs ``heartbeat``).
+        progress: Called with counts (``done``, ``pruned``, ``running``, ``best``) as trials end.
+    """
+    _check_run_args(n_trials, timeout, workers, heartbeat)
+    if isinstance(retry_failed, bool) or not isinstance(retry_failed, int) or retry_failed < 0:
+        raise ValueError(f"retry_failed must be a non-negative integer, but got {retry_failed=}.")
+    if retry_failed and not heartbeat:
+        raise ValueError(
+            f"retry_failed={retry_failed} needs heartbeats to notice a dead worker; set "
+            "heartbeat to a positive number of seconds."
+        )
+    out = Path(out_dir)
+    name = study_name or spec.name
+    check_out_dir(out, name)
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    study = create_study(spec, url, study_name=name, heartbeat=heartbeat, retry_failed=retry_failed)
+    check_same_space(study, spec)
+    deadline = _now() + timeout if timeout else None
+    interrupted = False
+    try:
+        with _stop_on_signals():
+            if workers == 1:
+
+                def on_trial(s: optuna.Study, _: FrozenTrial) -> None:
+                    if progress:
+                        progress(study_counts(s))
+
+                if progress:
+                    progress(study_counts(study))
+                _optimize(
+                    spec,
+                    url,
+                    name,
+                    n_trials,
+                    deadline,
+                    eval_test,
+                    heartbeat,
+                    retry_failed,
+                    on_trial,
+                )
+            else:
+                interrupted = _run_workers(
+                    (spec, url, name, n_trials, deadline, eval_test, heartbeat, retry_failed),
+                    workers,
+                    study,
+                    progress,
+                )
+    except KeyboardInterrupt:
+        interrupted = True
+    rows = trial_rows(study)
+    best = best_summary(study, spec)
+    write_results(out, spec, rows, best, url, name)
+    return StudyOutcome(name, url, rows, best, interrupted)
+
+
+def _run_workers(
+    worker_args: tuple[Any, ...],
+    workers: int,
+    study: optuna.Study,
+    progress: Callable[[dict[str, Any]], None] | None,
+) -> bool:
+    """Run ``workers`` processes of :func:`_optimize` on one storage; True if interrupted."""
+    ctx = multiprocessing.get_context("spawn")
+    os.environ["GAINSEARCH_WORKER_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    procs = [
+        ctx.Process(
+            target=_worker_main,
+            args=worker_args,
+            daemon=False,
+        )
+        for _ in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            _check_stop()
+            if progress:
+                progress(study_counts(study))
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.join(timeout=60)
+        return True
+    finally:
+        for proc in procs:
+            proc.join(timeout=5)
+    if progress:
+        progress(study_counts(study))
+    failed = [p.exitcode for p in procs if p.exitcode not in (0, None)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} worker process(es) failed with exit codes {failed}.")
+    return False
+
+
+def _check_run_args(n_trials: Any, timeout: Any, workers: Any, heartbeat: Any) -> None:
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise ValueError(f"n_trials must be a positive integer, but got n_trials={n_trials!r}.")
+    check_timeout(timeout)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, but got workers={workers!r}.")
+    if heartbeat is not None and (not isinstance(heartbeat, int) or heartbeat < 0):
+        raise ValueError(f"heartbeat must be a non-negative integer, but got {heartbeat=}.")

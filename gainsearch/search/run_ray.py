@@ -1,0 +1,691 @@
+"""The Ray Tune runner behind ``gainsearch search --backend ray``: the built-in trainer as a
+function trainable (:func:`gain_trainable`, reported through
+:func:`gainsearch.integrations.ray.report_gain`, one checkpoint per epoch) and
+:func:`run_tuner`: Optuna's TPE through ``OptunaSearch`` on the study of
+:mod:`gainsearch.search.study`, the spec's pruner as a scheduler, a local Ray on loopback or
+``--address`` to join a cluster, resume. Needs ``pip install gainsearch[ray]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gainsearch.batteries.train import EpochContext, TrainConfig, train_trial
+from gainsearch.core.objective import ScoreConfig, TrialScoreConfig
+from gainsearch.integrations.ray import SCORE, TRIAL_SCORE, GainResults, GainScheduler, report_gain
+from gainsearch.search.results import TrialRow, check_out_dir, write_results
+from gainsearch.search.spaces import ExperimentSpec, read_yaml_mapping, spec_differences
+from gainsearch.search.study import check_timeout, make_sampler, make_storage
+
+try:
+    import ray
+    from ray import tune
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+    from ray.tune.search import Searcher, SearchGenerator
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "gainsearch.search.run_ray needs Ray Tune: pip install 'gainsearch[ray]'"
+    ) from err
+
+__all__ = ["RayOutcome", "connect", "gain_trainable", "make_scheduler", "result_rows", "run_tuner"]
+
+logger = logging.getLogger(__name__)
+
+#: The spec's metric -> the key of the reported result that Tune optimises.
+RESULT_KEYS = {"trial_score": TRIAL_SCORE, "score": SCORE}
+CHECKPOINT_FILE = "checkpoint.pt"
+GAINSEARCH_KEY = "_gainsearch"  # fixed, non-searched settings travel in the config under this key
+
+
+def result_key(spec: ExperimentSpec) -> str:
+    """The result key Tune optimises for ``spec`` (its single metric)."""
+    return RESULT_KEYS[spec.metrics[0]]
+
+
+def gain_trainable(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one built-in trial, reported every epoch.
+
+    ``config`` holds the sampled hyperparameters plus, under ``"_gainsearch"``, the fixed
+    training settings (``train``), the score weights (``variability_weight``) and whether to
+    record test metrics. Reports ``epoch``, ``gain``, ``trial_score``
+    (:func:`gainsearch.trial_score`), ``gain_score``, ``level``, ``trend``,
+    ``variability``, ``saturation``, ``diagnosis``, ``train_loss``, ``diverged`` (+ ``test_acc``,
+    ``test_loss``) with a checkpoint directory holding ``checkpoint.pt``.
+    """
+    from ray.tune import Checkpoint
+
+    fixed = dict(config.get(GAINSEARCH_KEY, {}))
+    params = {k: v for k, v in config.items() if k != GAINSEARCH_KEY}
+    settings = {**fixed.get("train", {}), **params}
+    if fixed.get("eval_test"):
+        settings["eval_test"] = True
+    if fixed.get("use_gpu"):
+        settings["device"] = "cuda"
+    train_config = TrainConfig.from_dict(settings)
+    score_config = ScoreConfig(variability_weight=fixed.get("variability_weight", 1.0))
+    trial_config = TrialScoreConfig(**fixed.get("trial_score", {}))
+
+    with tempfile.TemporaryDirectory(prefix="gainsearch-trial-") as work:
+        local = Path(work) / CHECKPOINT_FILE
+        restored = tune.get_checkpoint()
+        if restored is not None:
+            with restored.as_directory() as folder:
+                saved = Path(folder) / CHECKPOINT_FILE
+                if saved.is_file():
+                    local.write_bytes(saved.read_bytes())
+
+        def report(ctx: EpochContext) -> None:
+            extra: dict[str, Any] = {
+                "gain_max": _finite(ctx.record["gain_max"]),
+                "node_id": ray.get_runtime_context().get_node_id(),
+            }
+            if ctx.epoch == train_config.epochs and not ctx.diverged:  # the report's figure
+                extra["spectrum"] = ctx.monitor.spectrum(ctx.model)
+            if train_config.eval_test:  # evaluation only: the scheduler never reads these
+                extra["test_acc"] = ctx.record["test_acc"]
+                extra["test_loss"] = _finite(ctx.record["test_loss"])
+            report_gain(
+                ctx.monitor,
+                ctx.epoch,
+                train_loss=[r["train_loss"] for r in ctx.history],
+                diverged=ctx.diverged,
+                checkpoint=Checkpoint.from_directory(work),
+                extra=extra,
+                score_config=score_config,
+                trial_config=trial_config,
+            )
+
+        train_trial(train_config, callbacks=[report], checkpoint_path=local)
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@dataclass
+class RayOutcome:
+    """What :func:`run_tuner` leaves behind."""
+
+    experiment_path: str
+    rows: list[TrialRow]
+    best: dict[str, Any]
+    interrupted: bool = False
+
+    def where(self) -> list[str]:
+        """Where the results are (for the end-of-run summary)."""
+        return [f"ray results: {self.experiment_path}"]
+
+
+def make_scheduler(spec: ExperimentSpec) -> TrialScheduler:
+    """The spec's pruner as a Ray scheduler: gain (GainScheduler), median, asha or none."""
+    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
+
+    d = spec.decision
+    if spec.pruner == "median":
+        return MedianStoppingRule(
+            time_attr="epoch", grace_period=d.warmup_epochs, min_samples_required=d.min_peers
+        )
+    if spec.pruner == "asha":
+        return ASHAScheduler(
+            time_attr="epoch",
+            grace_period=d.warmup_epochs,
+            max_t=int(spec.train.get("epochs", TrainConfig().epochs)),
+        )
+    if spec.pruner == "none":
+        return FIFOScheduler()
+    return GainScheduler(config=d, metric=result_key(spec), mode=spec.modes[0])
+
+
+def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
+    """Join ``address`` (``auto``, ``host:port``, ``ray://host:port``) or start a local Ray.
+
+    A local Ray binds 127.0.0.1 and has no dashboard. Returns True when this call started Ray.
+
+    Raises:
+        ValueError: the address cannot be reached (within Ray's connection timeout).
+    """
+    if ray.is_initialized():
+        return False
+    if address is None:
+        _loopback_only()
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+        return True
+    _check_reachable(address)
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except Exception as err:  # ConnectionError, TimeoutError, ValueError, RuntimeError ...
+        raise ValueError(
+            f"--address {address!r}: cannot connect to a Ray cluster there ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Start one with `ray start --head` "
+            "and pass its address (auto, host:port or ray://host:10001)."
+        ) from None
+    return True
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail within ``timeout`` seconds when a ``host:port`` address does not answer.
+
+    Ray itself retries an unreachable GCS for minutes; ``auto`` is left to Ray, which fails at
+    once when no local cluster runs.
+    """
+    import socket
+
+    target = address.removeprefix("ray://")
+    if address == "auto" or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except ValueError:
+        raise ValueError(
+            f"--address {address!r}: expected auto, host:port or ray://host:port."
+        ) from None
+    except OSError as err:
+        raise ValueError(
+            f"--address {address!r}: cannot connect to a Ray cluster there ({err}). Start one "
+            "with `ray start --head` and pass its address (auto, host:port or ray://host:10001)."
+        ) from None
+
+
+def _stop_gracefully(signum: int, frame: Any) -> None:
+    """SIGTERM during ``fit``: ask Tune to stop as on Ctrl-C (it saves the experiment state)."""
+    os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def _loopback_only() -> None:
+    """Make a local Ray bind 127.0.0.1 only.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` when it is imported: the variable reaches the
+    Ray processes started next (they inherit the environment) and the constant already read by
+    this process is set to match.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    try:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    except (ImportError, AttributeError):  # pragma: no cover - other Ray versions
+        logger.warning("could not force Ray onto loopback; set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0")
+
+
+_now = time.time  # the clock of --timeout; tests replace it
+
+
+class _DeadlineSearch(SearchGenerator):
+    """Tune's search generator, finished once ``deadline`` (``_now()``) has passed: no new
+    trial starts and Tune ends when the running ones have finished."""
+
+    def __init__(self, searcher: Searcher, deadline: float | None) -> None:
+        super().__init__(searcher)
+        self.deadline = deadline
+
+    @classmethod
+    def renew(cls, search_alg: Any, deadline: float | None) -> _DeadlineSearch:
+        """The restored search algorithm with this run's deadline (the pickled one is old)."""
+        if isinstance(search_alg, cls):
+            search_alg.deadline = deadline
+            return search_alg
+        return cls(search_alg, deadline)  # a run started before there was a deadline
+
+    def is_finished(self) -> bool:
+        timed_out = self.deadline is not None and _now() >= self.deadline
+        return timed_out or super().is_finished()
+
+
+class _ProgressCallback(tune.Callback):
+    def __init__(
+        self, progress: Callable[[dict[str, Any]], None], budget: int, metric: str = SCORE
+    ) -> None:
+        self.progress = progress
+        self.budget = budget
+        self.metric = metric
+
+    # Tune calls these before it sets the trial's status: count the trial as ended here, or
+    # the last trial never shows (the bar ended at 11/12).
+    def on_trial_complete(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        self._emit(trials, ended={trial.trial_id: Trial.TERMINATED})
+
+    def on_trial_error(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        self._emit(trials, ended={trial.trial_id: Trial.ERROR})
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
+    ) -> None:
+        self._emit(trials)
+
+    def _emit(self, trials: list[Trial], ended: dict[str, str] | None = None) -> None:
+        status = {t.trial_id: (ended or {}).get(t.trial_id, t.status) for t in trials}
+        terminated = [t for t in trials if status[t.trial_id] == Trial.TERMINATED]
+        scores = [  # completed trials only, as on the Optuna back end: the best never drops
+            float(t.last_result[self.metric])
+            for t in terminated
+            if t.last_result
+            and t.last_result.get("epoch", 0) >= self.budget
+            and t.last_result.get(self.metric) is not None
+            and math.isfinite(float(t.last_result[self.metric]))
+        ]
+        self.progress(
+            {
+                "done": sum(s in (Trial.TERMINATED, Trial.ERROR) for s in status.values()),
+                "running": sum(s == Trial.RUNNING for s in status.values()),
+                "pruned": sum(t.last_result.get("epoch", 0) < self.budget for t in terminated),
+                "best": max(scores) if scores else None,
+            }
+        )
+
+
+def _check_same_spec(out: Path, spec: ExperimentSpec) -> None:
+    """A resumed experiment must have been run with the same spec (as on the Optuna back end)."""
+    saved_path = out / "spec.yaml"
+    if not saved_path.is_file():
+        return
+    saved = read_yaml_mapping(saved_path, what="saved spec", expected="a spec")
+    differ = spec_differences(saved, spec)
+    if differ:
+        raise ValueError(
+            f"experiment {spec.name!r} in {out} was run with a different spec (sections {differ} "
+            "differ); resume it with the same spec, or pick another --study-name or --out."
+        )
+
+
+def _creation_index(result: Any) -> tuple[int, str]:
+    """Tune names a trial's folder ``<trainable>_<trial_id>_<index>_<params>_<date>``."""
+    name = Path(str(result.path)).name
+    match = re.match(r"^.+?_[0-9a-f]{5,}_(\d+)_", name)
+    return (int(match.group(1)) if match else 1 << 30, name)
+
+
+def _check_args(
+    spec: ExperimentSpec,
+    n_trials: Any,
+    max_concurrent: Any,
+    cpus: Any,
+    gpus: Any,
+    max_failures: Any,
+) -> None:
+    if spec.multi_objective:
+        raise ValueError(
+            f"the Ray back end optimises one metric, but the spec has {list(spec.metrics)}; use "
+            "--backend optuna for several metrics."
+        )
+    if spec.metrics[0] not in RESULT_KEYS:
+        raise ValueError(
+            f"the Ray back end optimises {' or '.join(RESULT_KEYS)}; "
+            f"objective.metric={spec.metrics[0]!r} needs --backend optuna."
+        )
+    for name, value in (("n_trials", n_trials), ("max_concurrent", max_concurrent)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, but got {name}={value!r}.")
+    if not isinstance(max_failures, int) or max_failures < 0:
+        raise ValueError(f"max_failures must be a non-negative integer, but got {max_failures=}.")
+    if not (isinstance(cpus, (int, float)) and cpus > 0):
+        raise ValueError(
+            f"cpus_per_trial must be a positive number, but got cpus_per_trial={cpus!r}."
+        )
+    if not (isinstance(gpus, (int, float)) and gpus >= 0):
+        raise ValueError(
+            f"gpus_per_trial must be a non-negative number, but got gpus_per_trial={gpus!r}."
+        )
+
+
+def run_tuner(
+    spec: ExperimentSpec,
+    *,
+    out_dir: str | Path,
+    n_trials: int,
+    max_concurrent: int = 2,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    address: str | None = None,
+    storage_path: str | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    eval_test: bool = False,
+    max_failures: int = 3,
+    timeout: float | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> RayOutcome:
+    """Run (or resume) the spec's search on Ray Tune.
+
+    Args:
+        spec: The experiment (single objective: Ray Tune optimises one metric).
+        out_dir: Where ``trials.csv``, ``best.json``, ``spec.yaml`` go (and, by default, the Ray
+            results under ``OUT/ray_results``).
+        n_trials: Trials to sample (``num_samples``).
+        max_concurrent: Trials running at once.
+        cpus_per_trial: CPUs reserved per trial.
+        gpus_per_trial: GPUs per trial (> 0 trains on CUDA).
+        address: Existing cluster (``auto``, ``host:port``, ``ray://...``); ``None`` starts a local
+            Ray on loopback.
+        storage_path: Results location; on a multi-node cluster a shared path or a bucket URI.
+        storage: Optuna storage URL of the TPE study behind ``OptunaSearch`` (default
+            ``sqlite:///OUT/study.db``): the study opens in optuna-dashboard as on the Optuna
+            back end.
+        study_name: Name of the Optuna study and of the Ray experiment (default: the spec's).
+        eval_test: Record test metrics per epoch (evaluation only).
+        max_failures: Restarts per trial from its last checkpoint (``FailureConfig``).
+        timeout: Seconds, counted from this call, after which no new trial starts; the running
+            ones finish (as on the Optuna back end), and running the call again gets a new
+            timeout. Tune's own ``time_budget_s`` is not used: it stops the running trials, and
+            its spent budget carries over to a resumed run, which then starts nothing.
+        progress: Called with counts as results arrive.
+    """
+    _check_args(spec, n_trials, max_concurrent, cpus_per_trial, gpus_per_trial, max_failures)
+    check_timeout(timeout)
+    deadline = _now() + timeout if timeout else None
+    out = Path(out_dir).resolve()
+    name = study_name or spec.name
+    check_out_dir(out, name)
+    out.mkdir(parents=True, exist_ok=True)
+    train = dict(spec.train)
+    if train.get("data_root") and "://" not in str(train["data_root"]):
+        train["data_root"] = str(
+            Path(train["data_root"]).expanduser().resolve()
+        )  # trials run elsewhere
+    results_path = storage_path or str(out / "ray_results")
+    if "://" not in results_path:
+        results_path = str(Path(results_path).expanduser().resolve())
+    study_url = storage or f"sqlite:///{out / 'study.db'}"
+    make_storage(study_url, heartbeat=None)  # a clear error before Ray starts
+    # One checkpoint per epoch is the point of fault tolerance here; Ray's advice to snapshot
+    # less often does not apply to epochs of seconds.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    started = connect(address, num_cpus=None)
+    try:
+        if address is not None and "://" not in results_path and len(ray.nodes()) > 1:
+            logger.warning(
+                "storage path %s is local but the cluster has %d nodes: every node must see it "
+                "(a shared file system), else pass --storage-path s3://... or another shared URI",
+                results_path,
+                len(ray.nodes()),
+            )
+        run = _Run(spec, name, train, results_path, study_url, deadline, progress)
+        tuner = run.tuner(
+            n_trials,
+            max_concurrent,
+            max_failures,
+            tune.with_resources(gain_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
+            {**spec.to_ray(), GAINSEARCH_KEY: run.fixed(eval_test, gpus_per_trial > 0)},
+            out,
+        )
+        previous = signal.signal(signal.SIGTERM, _stop_gracefully)
+        try:
+            with _quiet_expected_warnings():
+                grid = tuner.fit()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        client_mode = getattr(tuner, "_local_tuner", None) is None  # ray:// runs Tune remotely
+        rows = result_rows(grid, spec, run.budget, client_mode=client_mode)
+        best = _best(rows, spec, train)
+        write_results(out, spec, rows, best, study_url, name)
+        interrupted = any(r.state == "interrupted" for r in rows) or (
+            len(rows) < n_trials and not (deadline is not None and _now() >= deadline)
+        )
+        return RayOutcome(str(grid.experiment_path), rows, best, interrupted)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@dataclass
+class _Run:
+    """One run of :func:`run_tuner`: what its Tuner is made of."""
+
+    spec: ExperimentSpec
+    name: str
+    train: dict[str, Any]
+    results_path: str
+    study_url: str
+    deadline: float | None
+    progress: Callable[[dict[str, Any]], None] | None
+
+    @property
+    def budget(self) -> int:
+        return int(self.train.get("epochs", TrainConfig().epochs))
+
+    def fixed(self, eval_test: bool, use_gpu: bool) -> dict[str, Any]:
+        """The settings every trial gets (under ``GAINSEARCH_KEY``, never searched)."""
+        trial = self.spec.trial
+        return {
+            "train": self.train,
+            "variability_weight": self.spec.score.variability_weight,
+            "trial_score": {"gain_weight": trial.gain_weight, "early_epochs": trial.early_epochs},
+            "eval_test": eval_test,
+            "use_gpu": use_gpu,
+        }
+
+    def callbacks(self, scheduler: TrialScheduler) -> list[Any]:
+        """GainResults (the evaluation in every result), then the progress bar."""
+        out: list[Any] = [GainResults(scheduler, budget=self.budget)]
+        if self.progress:
+            out.append(_ProgressCallback(self.progress, self.budget, result_key(self.spec)))
+        return out
+
+    def tuner(
+        self,
+        n_trials: int,
+        max_concurrent: int,
+        max_failures: int,
+        trainable: Any,
+        param_space: dict[str, Any],
+        out: Path,
+    ) -> Any:
+        """A new Tuner, or the experiment's restored one with this run's scheduler, deadline
+        and callbacks (the pickled ones belong to the old run: its progress closure wrote to
+        the old run's stream)."""
+        from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        metric, mode = result_key(self.spec), self.spec.modes[0]
+        scheduler = make_scheduler(self.spec)
+        experiment = Path(self.results_path) / self.name
+        if "://" not in self.results_path and Tuner.can_restore(str(experiment)):
+            _check_same_spec(out, self.spec)
+            tuner = Tuner.restore(
+                str(experiment), trainable=trainable, resume_errored=True, param_space=param_space
+            )
+            _replay(scheduler, experiment)
+            local = getattr(tuner, "_local_tuner", None)
+            if local is not None:
+                local._tune_config.scheduler = scheduler
+                local._tune_config.search_alg = _DeadlineSearch.renew(
+                    local._tune_config.search_alg, self.deadline
+                )
+                local._tune_config.time_budget_s = None  # a run from before the deadline
+                local._run_config.callbacks = self.callbacks(scheduler)
+            return tuner
+        searcher = OptunaSearch(
+            sampler=make_sampler(self.spec),
+            metric=metric,
+            mode=mode,
+            storage=make_storage(self.study_url, heartbeat=None),
+            study_name=self.name,
+        )
+        return Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=TuneConfig(
+                metric=metric,
+                mode=mode,
+                search_alg=_DeadlineSearch(
+                    ConcurrencyLimiter(searcher, max_concurrent=max_concurrent), self.deadline
+                ),
+                scheduler=scheduler,
+                num_samples=n_trials,
+            ),
+            run_config=RunConfig(
+                name=self.name,
+                storage_path=self.results_path,
+                failure_config=FailureConfig(max_failures=max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                verbose=0,
+                callbacks=self.callbacks(scheduler),
+            ),
+        )
+
+
+def _replay(scheduler: TrialScheduler, experiment: Path) -> None:
+    """Rebuild a GainScheduler's peer series from the results already on disk (resume)."""
+    if not isinstance(scheduler, GainScheduler):
+        return
+    for result_file in experiment.glob("*/result.json"):
+        trial_id = None
+        for line in result_file.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            trial_id = record.get("trial_id", trial_id)
+            if trial_id and "epoch" in record and "gain" in record:
+                scheduler.record(trial_id, record)
+
+
+class _ExpectedWarnings(logging.Filter):
+    """Drops what Ray and Optuna log for expected events of a search: ``OptunaSearch`` telling
+    Optuna a diverged trial's NaN score ("The value nan is not acceptable": the trial is pruned,
+    our table says so) and Ray's note that token authentication is off (a local Ray on
+    loopback)."""
+
+    PATTERNS = ("The value nan is not acceptable", "is not acceptable", "token authentication")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(p in message for p in self.PATTERNS)
+
+
+@contextlib.contextmanager
+def _quiet_expected_warnings() -> Iterator[None]:
+    quiet = _ExpectedWarnings()
+    loggers = [logging.getLogger(n) for n in ("optuna", "ray", "ray.tune")]
+    for lg in loggers:
+        lg.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(quiet)
+
+
+def result_rows(
+    grid: Any, spec: ExperimentSpec, budget: int, *, client_mode: bool = False
+) -> list[TrialRow]:
+    """One row per trial, as on the Optuna back end.
+
+    State: ``complete``; ``pruned`` (stopped by the scheduler, with the rule and reason that
+    :class:`GainResults` stored in the last result; diverged trials count as pruned);
+    ``failed``; ``interrupted`` (shorter than the budget but stopped by no scheduler: the run
+    ended first, resume to finish it). In Ray Client mode (``ray://``) without stored reasons,
+    short trials count as pruned.
+    """
+    rows = []
+    ordered = sorted(grid, key=_creation_index)  # stable numbering across resumes
+    for number, result in enumerate(ordered):
+        metrics = dict(result.metrics or {})
+        curve, losses, nodes, epoch_log = _history(result.metrics_dataframe)
+        epochs = int(metrics.get("epoch", len(curve)) or 0)
+        rule, reason = str(metrics.get("prune_rule") or ""), str(metrics.get("prune_reason") or "")
+        if result.error is not None:
+            state, rule, reason = "failed", "", str(result.error).splitlines()[0]
+        elif metrics.get("diverged"):
+            state, rule = "pruned", "diverged"
+            reason = reason or f"diverged at epoch {epochs}"
+        elif rule:
+            state = "pruned"
+        elif epochs < budget and client_mode:  # no stored reason: the scheduler ran remotely
+            state, rule = "pruned", "pruner"
+            reason = f"stopped at epoch {epochs} by the {spec.pruner} scheduler"
+        elif epochs < budget:  # no scheduler stopped it: the run ended first
+            state, reason = "interrupted", "the run stopped before this trial finished"
+        else:
+            state = "complete"
+        score = metrics.get(result_key(spec))
+        score = None if score is None or score != score else float(score)
+        rows.append(
+            TrialRow(
+                number=number,
+                trial_id=str(metrics.get("trial_id", "")),
+                state=state,
+                params={k: v for k, v in (result.config or {}).items() if k != GAINSEARCH_KEY},
+                value=score,
+                values=[score] if score is not None else None,
+                epochs=epochs,
+                gain_curve=curve,
+                epoch_log=epoch_log,
+                diagnosis=str(metrics.get("diagnosis", "")),
+                diagnosis_reason=str(metrics.get("diagnosis_reason") or ""),
+                prune_rule=rule,
+                prune_reason=reason,
+                test_acc=metrics.get("test_acc"),
+                nodes=nodes,
+                train_loss=losses,
+                spectrum=metrics.get("spectrum"),
+            )
+        )
+    return rows
+
+
+def _history(
+    history: Any,
+) -> tuple[list[float | None], list[float | None], list[str], list[int]]:
+    """(gain per epoch, training loss per epoch, nodes, epochs as reported) of a trial's results;
+    the last reading of each epoch counts (a restored trial reports some again)."""
+    if history is None or "gain" not in history:
+        return [], [], [], []
+    epoch_log = [int(e) for e in history["epoch"] if e == e]  # as reported, in order
+    missing = [None] * len(history)
+    by_epoch: dict[int, Any] = {}
+    for epoch, gain, loss, node in zip(
+        history["epoch"],
+        history["gain"],
+        history.get("train_loss", missing),
+        history.get("node_id", missing),
+        strict=False,
+    ):
+        if epoch == epoch:  # not NaN
+            by_epoch[int(epoch)] = (gain, loss, node)
+    readings = [by_epoch[e] for e in sorted(by_epoch)]
+    curve = [None if g is None or g != g else float(g) for g, _, _ in readings]
+    losses: list[float | None] = []
+    if "train_loss" in history:
+        losses = [None if v is None or v != v else float(v) for _, v, _ in readings]
+    nodes = sorted({str(n) for _, _, n in by_epoch.values() if n})
+    return curve, losses, nodes, epoch_log
+
+
+def _best(rows: list[TrialRow], spec: ExperimentSpec, train: dict[str, Any]) -> dict[str, Any]:
+    complete = [r for r in rows if r.state == "complete" and r.value is not None]
+    if not complete:
+        return {"best": None, "reason": "no trial completed yet"}
+    pick = max if spec.modes[0] == "max" else min
+    best = pick(complete, key=lambda r: float(r.value or 0.0))
+    config = TrainConfig.from_dict({**train, **best.params}).to_dict()
+    return {
+        "metric": spec.metrics[0],
+        "mode": spec.modes[0],
+        "best": best.best_entry(spec.metrics[:1], config),
+    }

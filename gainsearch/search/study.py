@@ -1,0 +1,220 @@
+"""The Optuna study behind both back ends: storage, sampler, pruner, counts and rows.
+
+The Optuna runner optimises this study itself; the Ray runner hands it to ``OptunaSearch`` (TPE
+through Tune), so ``study.db`` opens in optuna-dashboard whichever back end ran the search.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.trial import FrozenTrial, TrialState
+
+from gainsearch.integrations.optuna import CURVE_ATTR, GainPruner
+from gainsearch.search.results import TrialRow, redact
+from gainsearch.search.spaces import ExperimentSpec, spec_differences
+
+__all__ = [
+    "FINISHED",
+    "best_summary",
+    "check_same_space",
+    "check_timeout",
+    "create_study",
+    "finished_count",
+    "make_pruner",
+    "make_sampler",
+    "make_storage",
+    "study_counts",
+    "trial_rows",
+]
+
+#: Trial states that count towards ``--trials``.
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def make_sampler(spec: ExperimentSpec) -> optuna.samplers.BaseSampler:
+    """TPE (default) or random sampling, seeded by the spec."""
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed)
+
+
+def make_pruner(spec: ExperimentSpec) -> BasePruner:
+    """The spec's pruner: ``gain``, ``median``, ``asha`` (successive halving) or ``none``."""
+    if spec.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if spec.pruner in ("median", "asha") and spec.multi_objective:
+        raise ValueError(
+            f"pruner.type {spec.pruner!r} needs a single objective (Optuna's trial.report is "
+            "single-objective); use 'gain' or 'none' with several metrics."
+        )
+    if spec.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.decision.warmup_epochs)
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=spec.decision.min_peers, n_warmup_steps=spec.decision.warmup_epochs
+        )
+    return GainPruner(config=spec.decision)
+
+
+def make_storage(
+    url: str, heartbeat: int | None, retry_failed: int = 0
+) -> optuna.storages.BaseStorage:
+    """An RDB storage (SQLite, PostgreSQL, ...) with heartbeats when ``heartbeat`` is set.
+
+    With heartbeats, a trial whose worker died (no heartbeat for 3 intervals) is marked failed
+    when any worker next starts a trial; ``retry_failed > 0`` then re-queues it with the same
+    parameters, up to that many times (Optuna's ``RetryHeartbeatStaleTrialCallback``).
+
+    Raises:
+        ValueError: the URL is malformed, its driver is missing, or the database cannot be
+            reached (within 10 seconds for a server); the message hides any password.
+    """
+    kwargs: dict[str, Any] = {"engine_kwargs": _engine_kwargs(url)}
+    if heartbeat:
+        kwargs.update(heartbeat_interval=int(heartbeat), grace_period=3 * int(heartbeat))
+        if retry_failed:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                kwargs["heartbeat_stale_trial_callback"] = (
+                    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=int(retry_failed))
+                )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as err:  # sqlalchemy raises ArgumentError, OperationalError, ImportError...
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "://" in url and "@" in url:
+            detail = detail.replace(url, redact(url))
+        raise ValueError(
+            f"storage {redact(url)!r} cannot be opened: {detail}. Expected an Optuna RDB URL "
+            "such as sqlite:///path/study.db or postgresql://user@host/db."
+        ) from None
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}  # several worker processes share one file
+    if url.startswith("postgresql"):
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    return {"pool_pre_ping": True}
+
+
+def create_study(
+    spec: ExperimentSpec,
+    storage: str,
+    *,
+    study_name: str | None = None,
+    heartbeat: int | None = 10,
+    retry_failed: int = 0,
+) -> optuna.Study:
+    """Create or load (resume) the spec's study in ``storage``."""
+    name = study_name or spec.name
+    kwargs: dict[str, Any] = {"directions": spec.directions}
+    return optuna.create_study(
+        storage=make_storage(storage, heartbeat, retry_failed),
+        study_name=name,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        load_if_exists=True,
+        **kwargs,
+    )
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def check_timeout(timeout: Any) -> None:
+    """``timeout`` (both back ends) is None or a positive number of seconds."""
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    ):
+        raise ValueError(f"timeout must be a positive number of seconds, but got {timeout=}.")
+
+
+def check_same_space(study: optuna.Study, spec: ExperimentSpec) -> None:
+    """A resumed study must have been run with the same spec."""
+    saved = study.user_attrs.get("spec")
+    if saved is None:
+        study.set_user_attr("spec", spec.to_dict())
+        return
+    differ = spec_differences(saved, spec)
+    if differ:
+        raise ValueError(
+            f"study {study.study_name!r} was run with a different spec (sections {differ} "
+            "differ); resume it with the same spec, or pick another --study-name or --out."
+        )
+
+
+def study_counts(study: optuna.Study) -> dict[str, Any]:
+    """Counts of complete, pruned, running and failed trials, and the best value so far."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {state: 0 for state in TrialState}
+    for t in trials:
+        counts[t.state] += 1
+    best = None
+    if len(study.directions) == 1:
+        done = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        if done:
+            best = (
+                max(done) if study.direction == optuna.study.StudyDirection.MAXIMIZE else min(done)
+            )
+    return {
+        "complete": counts[TrialState.COMPLETE],
+        "pruned": counts[TrialState.PRUNED],
+        "running": counts[TrialState.RUNNING],
+        "failed": counts[TrialState.FAIL],
+        "done": counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
+        "best": best,
+    }
+
+
+def trial_rows(study: optuna.Study) -> list[TrialRow]:
+    """One row per trial of the study."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        single = t.values is None or len(t.values) == 1
+        rows.append(
+            TrialRow(
+                number=t.number,
+                state=t.state.name.lower(),
+                params=dict(t.params),
+                value=t.value if single else None,
+                values=list(t.values) if t.values is not None else None,
+                epochs=len(attrs.get(CURVE_ATTR, [])),
+                gain_curve=list(attrs.get(CURVE_ATTR, [])),
+                train_loss=list(attrs.get("train_loss", [])),
+                diagnosis=attrs.get("diagnosis", ""),
+                diagnosis_reason=attrs.get("diagnosis_reason", ""),
+                prune_rule=attrs.get("prune_rule", "") if t.state == TrialState.PRUNED else "",
+                prune_reason=attrs.get("prune_reason", ""),
+                test_acc=(attrs.get("test_acc") or [None])[-1],
+                spectrum=attrs.get("spectrum"),
+            )
+        )
+    return rows
+
+
+def best_summary(study: optuna.Study, spec: ExperimentSpec) -> dict[str, Any]:
+    """The best trial (or the Pareto front for several metrics) with its full configuration."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return {"best": None, "reason": "no trial completed yet"}
+    rows = {r.number: r for r in trial_rows(study)}
+
+    def describe(t: FrozenTrial) -> dict[str, Any]:
+        config = t.user_attrs.get("config") or spec.train_config(t.params).to_dict()
+        return rows[t.number].best_entry(spec.metrics, config)
+
+    if spec.multi_objective:
+        return {
+            "metrics": list(spec.metrics),
+            "modes": list(spec.modes),
+            "pareto_front": [describe(t) for t in study.best_trials],
+        }
+    return {"metric": spec.metrics[0], "mode": spec.modes[0], "best": describe(study.best_trial)}
