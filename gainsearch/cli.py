@@ -412,16 +412,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Flags passed on to the runners under their own names.
+SEARCH_ARGS = ("storage", "study_name", "timeout", "eval_test")
+RAY_ARGS = (
+    "max_concurrent",
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "address",
+    "storage_path",
+    "max_failures",
+)
+
+
 def _search(args: argparse.Namespace, spec: Any) -> int:
     """Run the search on the chosen back end; the table, the summary and the report."""
-    common = dict(
-        out_dir=args.out,
-        n_trials=args.trials,
-        storage=args.storage,
-        study_name=args.study_name,
-        timeout=args.timeout,
-        eval_test=args.eval_test,
-    )
+    kwargs = {name: getattr(args, name) for name in SEARCH_ARGS}
     if args.backend == "ray":
         if args.workers != 1:
             raise CliError("--workers belongs to --backend optuna; with ray use --max-concurrent.")
@@ -430,26 +435,17 @@ def _search(args: argparse.Namespace, spec: Any) -> int:
         except ImportError as err:
             raise CliError(f"{err}") from err
         run: Callable[..., Any] = run_tuner
-        common.update(
-            max_concurrent=args.max_concurrent,
-            cpus_per_trial=args.cpus_per_trial,
-            gpus_per_trial=args.gpus_per_trial,
-            address=args.address,
-            storage_path=args.storage_path,
-            max_failures=args.max_failures,
-        )
+        kwargs.update({name: getattr(args, name) for name in RAY_ARGS})
     else:
         from gainsearch.search.run_optuna import run_study
 
         run = run_study
-        common.update(
-            workers=args.workers,
-            heartbeat=args.heartbeat or None,
-            retry_failed=args.retry_failed,
+        kwargs.update(
+            workers=args.workers, heartbeat=args.heartbeat or None, retry_failed=args.retry_failed
         )
     _quiet_optuna(args)
     with _progress_bar(args) as progress, _stdout_for(args):
-        outcome = run(spec, progress=progress, **common)
+        outcome = run(spec, out_dir=args.out, n_trials=args.trials, progress=progress, **kwargs)
     return _report_outcome(args, outcome.rows, outcome.best, outcome.where(), outcome.interrupted)
 
 

@@ -61,7 +61,7 @@ def test_search_prints_the_table_and_writes_results(
 def test_timeout_says_so_and_the_same_command_adds_the_rest(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gainsearch.integrations.optuna as optuna_backend
+    import gainsearch.search.run_optuna as optuna_backend
 
     ticks = iter(range(100))  # 1 s per reading: deadline 2.5, then trials at 1 and 2, stop at 3
     monkeypatch.setattr(optuna_backend, "_now", lambda: float(next(ticks)))
@@ -201,7 +201,10 @@ sampler: {type: tpe, seed: 2}
 """
 
 
-def test_ray_backend_interrupted_then_resumed_by_the_same_command(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ray_backend_interrupted_then_resumed_by_the_same_command(
+    tmp_path: Path, signum: int
+) -> None:
     pytest.importorskip("ray.tune")
     spec = write_spec(tmp_path, RAY_SPEC)
     out = tmp_path / "out"
@@ -218,13 +221,14 @@ def test_ray_backend_interrupted_then_resumed_by_the_same_command(tmp_path: Path
                 break
             time.sleep(0.2)
         assert proc.poll() is None, "the search finished before it could be interrupted"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=180)
     finally:
         proc.kill()
     assert proc.returncode == 130, err.decode()[-2000:]
     rows_before = (out / "trials.csv").read_text().splitlines()
-    assert any(",interrupted," in line for line in rows_before)
+    cut = [int(line.split(",")[0]) for line in rows_before[1:] if ",interrupted," in line]
+    assert cut
     done_before = [line for line in rows_before[1:] if ",complete," in line]
     assert done_before
 
@@ -246,6 +250,11 @@ def test_ray_backend_interrupted_then_resumed_by_the_same_command(tmp_path: Path
     rows = json.loads((out / "trials.json").read_text())["rows"]
     for row in rows:
         assert len(row["gain_curve"]) == len(row["train_loss"]) == row["epochs"] == 10
+        # resumed from its checkpoint, not restarted: epoch 1 was trained once (the epochs as
+        # reported; the curve itself keeps one reading per epoch either way)
+        assert row["epoch_log"][0] == 1 and row["epoch_log"].count(1) == 1, row["epoch_log"]
+    for number in cut:  # an interrupted trial had reported 2+ epochs before the signal
+        assert rows[number]["epoch_log"][:2] == [1, 2], rows[number]["epoch_log"]
         assert np.asarray(row["spectrum"]["db"]).shape == (1, 8, 8)
     page = (out / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 4

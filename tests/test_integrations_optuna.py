@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-import gainsearch.integrations.optuna as optuna_backend
+import gainsearch.search.run_optuna as optuna_backend
 from gainsearch.core.decision import DecisionConfig, decide
 from gainsearch.core.objective import gain_score
 from gainsearch.integrations.optuna import GainPruner, report_gain
@@ -245,8 +246,22 @@ def test_parallel_workers_share_one_storage(tmp_path: Path) -> None:
     outcome = run_study(SPEC, out_dir=tmp_path, n_trials=4, workers=2, heartbeat=None)
     finished = [r for r in outcome.rows if r["state"] in ("complete", "pruned")]
     assert 4 <= len(finished) <= 5  # trials running when the count is reached still finish
-    assert len({r["number"] for r in outcome.rows}) == len(outcome.rows)
     assert not [r for r in outcome.rows if r["state"] == "running"]
+    # no duplicate: each worker samples its own sequence (a sampler seeded by the spec alone
+    # made both workers run the same learning rates), and each trial ran in one worker
+    lrs = [r["params"]["lr"] for r in outcome.rows]
+    assert len(set(lrs)) == len(lrs), lrs
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    workers = {t.user_attrs["worker"] for t in study.trials}
+    assert len(workers) == 2
+
+
+def test_a_resumed_study_does_not_repeat_its_first_parameters(tmp_path: Path) -> None:
+    first = run_study(SPEC, out_dir=tmp_path, n_trials=2, heartbeat=None)
+    again = run_study(SPEC, out_dir=tmp_path, n_trials=4, heartbeat=None)
+    assert [r.params for r in again.rows[:2]] == [r.params for r in first.rows]
+    lrs = [r.params["lr"] for r in again.rows]
+    assert len(set(lrs)) == 4, lrs
 
 
 @pytest.mark.parametrize(
@@ -294,11 +309,12 @@ def test_a_signal_anywhere_fails_the_running_trial_at_the_next_batch_and_resumes
     real = optuna_backend.report_gain
     went_on = []
 
-    def report_then_signal(trial: optuna.Trial, monitor: object, epoch: int, **kw: object) -> None:
-        real(trial, monitor, epoch, **kw)  # type: ignore[arg-type]
+    def report_then_signal(trial: optuna.Trial, monitor: object, epoch: int, **kw: object) -> Any:
+        value = real(trial, monitor, epoch, **kw)  # type: ignore[arg-type]
         if trial.number == 1 and epoch == 2:
             SignalInFinaliser(signum)  # dropped at once: __del__ sends the signal
             went_on.append(epoch)  # the handler only asked for a stop
+        return value
 
     monkeypatch.setattr(optuna_backend, "report_gain", report_then_signal)
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -316,13 +332,14 @@ def test_a_second_signal_stops_at_once(tmp_path: Path, monkeypatch: pytest.Monke
     real = optuna_backend.report_gain
     reached = []
 
-    def report_then_signal(trial: optuna.Trial, monitor: object, epoch: int, **kw: object) -> None:
-        real(trial, monitor, epoch, **kw)  # type: ignore[arg-type]
+    def report_then_signal(trial: optuna.Trial, monitor: object, epoch: int, **kw: object) -> Any:
+        value = real(trial, monitor, epoch, **kw)  # type: ignore[arg-type]
         if trial.number == 0 and epoch == 1:
             signal.raise_signal(signal.SIGINT)
             reached.append("after the first")
             signal.raise_signal(signal.SIGINT)
             reached.append("after the second")
+        return value
 
     monkeypatch.setattr(optuna_backend, "report_gain", report_then_signal)
     outcome = run_study(SPEC, out_dir=tmp_path, n_trials=5, heartbeat=None)
@@ -346,10 +363,11 @@ def test_a_signal_between_trials_stops_before_the_next(tmp_path: Path) -> None:
 def test_an_ignored_signal_stays_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = optuna_backend.report_gain
 
-    def report_then_signal(trial: optuna.Trial, monitor: object, epoch: int, **kw: object) -> None:
-        real(trial, monitor, epoch, **kw)  # type: ignore[arg-type]
+    def report_then_signal(trial: optuna.Trial, monitor: object, epoch: int, **kw: object) -> Any:
+        value = real(trial, monitor, epoch, **kw)  # type: ignore[arg-type]
         if trial.number == 0 and epoch == 1:
             signal.raise_signal(signal.SIGINT)  # as Ctrl-C in the terminal of a nohup job
+        return value
 
     monkeypatch.setattr(optuna_backend, "report_gain", report_then_signal)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)

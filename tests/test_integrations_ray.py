@@ -195,13 +195,20 @@ def test_two_node_search_survives_losing_a_worker(two_node_cluster, tmp_path: Pa
 
 
 def test_a_local_ray_started_by_gainsearch_binds_loopback_only() -> None:
+    """...and has no dashboard: no web UI address, nothing listening on its port."""
     import subprocess
     import sys
 
     code = (
+        "import socket\n"
         "import ray\n"
-        "from gainsearch.integrations.ray import connect\n"
+        "from ray._private import worker\n"
+        "from gainsearch.search.run_ray import connect\n"
         "assert connect(None)\n"
+        "info = worker.global_worker.node.address_info\n"
+        "with socket.socket() as s:\n"
+        "    listening = s.connect_ex(('127.0.0.1', 8265)) == 0\n"
+        "print(repr(info.get('webui_url')), listening)\n"
         "print(ray.nodes()[0]['NodeManagerAddress'])\n"
         "ray.shutdown()\n"
     )
@@ -211,7 +218,10 @@ def test_a_local_ray_started_by_gainsearch_binds_loopback_only() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "127.0.0.1"
+    *_, dashboard, address = done.stdout.strip().splitlines()
+    assert address == "127.0.0.1"
+    assert dashboard in ("'' False", "None False"), dashboard
+    assert "Token authentication" not in done.stderr  # Ray's note, silenced for a local Ray
 
 
 def test_unreachable_address_is_a_clear_error(tmp_path: Path) -> None:
@@ -269,7 +279,7 @@ def test_timeout_lets_running_trials_finish_and_the_same_call_continues(
     """``timeout`` means what it means on the Optuna back end. Tune's ``time_budget_s`` (used
     before) stopped the running trials, left them "interrupted", and carried its spent budget
     over to the resumed run, which then started nothing and said "interrupted" again."""
-    import gainsearch.integrations.ray as ray_backend
+    import gainsearch.search.run_ray as ray_backend
 
     started: list[str] = []
     create = ray_backend._DeadlineSearch.create_trial_if_possible

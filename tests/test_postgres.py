@@ -147,9 +147,45 @@ def test_parallel_workers_survive_a_killed_worker(postgres_url: str, tmp_path: P
     # the study reaches its trial count: nothing running or waiting, no duplicate, none lost
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
     assert n_trials <= len(finished) <= n_trials + 2  # surviving workers may each finish one more
-    assert len({t.number for t in trials}) == len(trials)
     assert sorted(t.number for t in trials) == list(range(len(trials)))
+    # no duplicate: no parameters sampled twice but the retry's, and each trial ran in one
+    # worker, the retry in a surviving one (trial numbers alone are unique by construction)
+    others = [tuple(sorted(t.params.items())) for t in trials if t.number != failed[0].number]
+    assert len(set(others)) == len(others)
+    pids = {t.user_attrs["worker"].rsplit(":", 1)[1] for t in trials}
+    assert pids <= {str(w.pid) for w in workers}
+    assert failed[0].user_attrs["worker"].endswith(f":{workers[0].pid}")
+    assert not retried[0].user_attrs["worker"].endswith(f":{workers[0].pid}")
+    after_kill = [t for t in finished if t.datetime_start > failed[0].datetime_start]
+    assert all(not t.user_attrs["worker"].endswith(f":{workers[0].pid}") for t in after_kill)
     print(
         f"trials finished when the worker was killed: {finished_before}; after: "
         f"{len(finished)} finished, {len(failed)} failed (retried), {len(trials)} in all"
     )
+
+
+def test_a_password_in_the_storage_url_is_never_written_out(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A successful search on a URL with a password (the server trusts loopback and ignores
+    it): neither its output, nor best.json, trials.json, the report nor any file written
+    holds the password."""
+    pytest.importorskip("matplotlib")
+    secret = "s3cret-Pw0rd"
+    url = postgres_url.replace("postgres@", f"postgres:{secret}@")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("name: pg", "name: pw").replace("epochs: 6", "epochs: 2"))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "gainsearch", "search", str(spec), "--storage", url]
+    done = subprocess.run(
+        [*command, "--trials", "2", "--out", str(out)], env=env, capture_output=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    printed = done.stdout.decode() + done.stderr.decode()
+    assert "best trial:" in printed and "postgres:***@127.0.0.1" in printed
+    written = sorted(p for p in out.rglob("*") if p.is_file())
+    assert {"best.json", "trials.json", "trials.csv", "report.html"} <= {p.name for p in written}
+    for path in written:
+        assert secret.encode() not in path.read_bytes(), path
+    assert secret not in printed

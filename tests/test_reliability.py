@@ -76,11 +76,16 @@ def test_cifar_batches_and_specs_never_run_code(tmp_path: Path) -> None:
         (folder / name).write_bytes(pickle.dumps({b"data": _Marker(str(marker)), b"labels": [0]}))
     with pytest.raises(DataError, match=r"refusing to load"):
         load_dataset("cifar10", tmp_path)
+    import yaml
+
+    def payload(target: Path) -> str:  # a spec that creates ``target`` when loaded unsafely
+        return f"!!python/object/apply:builtins.exec [\"open({str(target)!r}, 'w').close()\"]\n"
+
+    proof = tmp_path / "proof"
+    yaml.unsafe_load(payload(proof))  # the payload does run code under an unsafe loader...
+    assert proof.exists()
     spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        "!!python/object/apply:pathlib.Path.touch "
-        f"[!!python/object/apply:pathlib.Path ['{marker}']]\n"
-    )
+    spec.write_text(payload(marker))
     with pytest.raises(SpecError, match=r"not valid YAML"):
         load_spec(spec)
-    assert not marker.exists()
+    assert not marker.exists()  # ...and not under ours

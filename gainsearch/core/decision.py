@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +56,7 @@ __all__ = [
     "WARMUP",
     "Decision",
     "DecisionConfig",
+    "DecisionSettings",
     "decide",
 ]
 
@@ -73,7 +75,7 @@ class DecisionConfig:
     Defaults (judged from the first reading against the median of at least 3 peers, as Optuna's
     ``MedianPruner``) were chosen on ``benchmarks/pruning.py`` (paper's LeNet, mnist5k, 20 TPE
     trials): 50.3 % fewer epochs than no pruning, the same best test accuracy; replayed on the
-    grid of ``benchmarks/selection.py``: 33.9 % (digits) and 15.4 % (mnist5k) fewer epochs,
+    grid of ``benchmarks/selection.py``: 32.1 % (digits) and 15.4 % (mnist5k) fewer epochs,
     regret 0.39 and 0.00 points.
 
     Attributes:
@@ -127,6 +129,41 @@ class DecisionConfig:
         p = self.percentile
         if not (isinstance(p, (int, float)) and 0.0 <= p <= 100.0):
             raise ValueError(f"percentile must be between 0 and 100 inclusive, but got {p=}.")
+
+
+class DecisionSettings:
+    """The decision core's settings as keyword arguments, shared by the adapters that decide
+    (``GainPruner``, ``GainScheduler``): ``config`` gives them all at once. Each adapter keeps
+    the latest evaluation of each trial in :attr:`evaluations`.
+
+    Args:
+        warmup_epochs: Epochs before pruning for anything but divergence.
+        min_peers: Peers needed before comparing.
+        percentile: Score percentile of the peers below which a trial is pruned (0-100).
+        variability_factor: Multiple of the peers' median variability that is "too high".
+        min_variability: Variability floor (dB/epoch), and the fall (dB) a jagged curve shows.
+        config: A complete :class:`DecisionConfig` instead of the arguments above.
+    """
+
+    def __init__(
+        self,
+        *,
+        warmup_epochs: int = 1,
+        min_peers: int = 3,
+        percentile: float = 50.0,
+        variability_factor: float | None = None,
+        min_variability: float | None = None,
+        config: DecisionConfig | None = None,
+    ) -> None:
+        self.config = config or DecisionConfig(
+            warmup_epochs=warmup_epochs,
+            min_peers=min_peers,
+            percentile=percentile,
+            variability_factor=variability_factor,
+            min_variability=min_variability,
+        )
+        #: trial -> its latest evaluation (:class:`gainsearch.core.evaluation.Evaluation`)
+        self.evaluations: dict[Any, Any] = {}
 
 
 @dataclass(frozen=True)

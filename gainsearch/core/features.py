@@ -70,7 +70,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -142,30 +142,18 @@ class DiagnosisConfig:
     far_below_peers: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("window", "min_epochs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-                raise ValueError(f"{name} must be an integer >= 2, but got {name}={value!r}.")
-        for name in (
-            "high_variability",
-            "peer_factor",
-            "min_high_variability",
-            "rising_slope",
-            "slope_floor",
-            "flat_slope",
-            "onset_factor",
-            "min_onset_jump",
-            "fitted_loss",
-            "far_below_peers",
-        ):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        for f in fields(self):  # integers >= 2, saturated in [0, 1], the rest positive
+            name, value = f.name, getattr(self, f.name)
+            if f.type == "int":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                    raise ValueError(f"{name} must be an integer >= 2, but got {name}={value!r}.")
+            elif name == "saturated":
+                if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                    raise ValueError(
+                        f"saturated must be between 0 and 1 inclusive, but got saturated={value!r}."
+                    )
+            elif not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, but got {name}={value!r}.")
-        if not (isinstance(self.saturated, (int, float)) and 0.0 <= self.saturated <= 1.0):
-            raise ValueError(
-                "saturated must be between 0 and 1 inclusive, but got "
-                f"saturated={self.saturated!r}."
-            )
 
     def with_overrides(self, **overrides: Any) -> DiagnosisConfig:
         """A copy with some fields replaced; unknown names are an error that lists the known."""

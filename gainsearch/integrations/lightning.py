@@ -27,8 +27,9 @@ from typing import Any
 
 import torch
 
+from gainsearch.core.evaluation import evaluate
 from gainsearch.core.monitor import GainMonitor
-from gainsearch.core.objective import TrialScoreConfig, trial_score
+from gainsearch.core.objective import TrialScoreConfig
 from gainsearch.core.spectral import Target
 
 try:
@@ -200,20 +201,20 @@ class GainCallback(pl.Callback):
         assert self.monitor is not None  # set on the first batch
         reading = self.monitor.measure(pl_module, epoch)
         diverged = not (math.isfinite(loss) and math.isfinite(reading.gain))
-        feats = self.monitor.features()
-        records = [
-            {"train_loss": v, "gain": g}
-            for v, g in zip(self.losses, self.monitor.gains, strict=False)
-        ]
+        # the numbers logged: the trial's own evaluation (the back ends evaluate against peers)
+        gains = self.monitor.gains
+        evaluation = evaluate(
+            gains,
+            train_loss=self.losses if len(self.losses) == len(gains) else None,
+            diverged=diverged,
+            trial_config=self.trial_config,
+        )
         values: dict[str, Any] = {
             "epoch": epoch,
             "gain": reading.gain,
             "gain_max": reading.gain_max,
             "winner": reading.winner,
-            "trial_score": trial_score(records, config=self.trial_config),
-            "level": feats.level,
-            "trend": feats.trend,
-            "variability": feats.variability,
+            **{k: evaluation.metrics()[k] for k in LOGGED if k != "gain"},
         }
         if self.trial is not None:
             import optuna

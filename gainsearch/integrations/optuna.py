@@ -20,7 +20,7 @@ import optuna
 from optuna.pruners import BasePruner, NopPruner
 from optuna.trial import FrozenTrial, TrialState
 
-from gainsearch.core.decision import Decision, DecisionConfig, decide
+from gainsearch.core.decision import Decision, DecisionConfig, DecisionSettings, decide
 from gainsearch.core.evaluation import Evaluation, evaluate
 from gainsearch.core.monitor import GainMonitor
 from gainsearch.core.objective import ScoreConfig, TrialScoreConfig
@@ -33,7 +33,7 @@ CURVE_ATTR = "gain_curve"
 PEER_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
-class GainPruner(BasePruner):
+class GainPruner(DecisionSettings, BasePruner):
     """Prune trials on their gain curve against their peers at the same epoch.
 
     Diverged trials (a non-finite gain, or the trainer's ``diverged`` flag) are pruned at once.
@@ -46,34 +46,10 @@ class GainPruner(BasePruner):
     The pruner reads what :func:`report_gain` stores; a trial reported with plain
     ``trial.report`` is an error.
 
-    Args:
-        warmup_epochs: Epochs before pruning for anything but divergence.
-        min_peers: Peers needed before comparing.
-        percentile: Score percentile of the peers below which a trial is pruned (0-100).
-        variability_factor: Multiple of the peers' median variability that is "too high".
-        min_variability: Variability floor (dB/epoch), and the fall (dB) a jagged curve shows.
-        config: A complete :class:`DecisionConfig` instead of the arguments above.
+    Takes the keyword arguments of :class:`~gainsearch.core.decision.DecisionSettings`
+    (``warmup_epochs``, ``min_peers``, ``percentile``, ``variability_factor``,
+    ``min_variability``, or a whole ``config``).
     """
-
-    def __init__(
-        self,
-        *,
-        warmup_epochs: int = 1,
-        min_peers: int = 3,
-        percentile: float = 50.0,
-        variability_factor: float | None = None,
-        min_variability: float | None = None,
-        config: DecisionConfig | None = None,
-    ) -> None:
-        self.config = config or DecisionConfig(
-            warmup_epochs=warmup_epochs,
-            min_peers=min_peers,
-            percentile=percentile,
-            variability_factor=variability_factor,
-            min_variability=min_variability,
-        )
-        #: trial number -> its latest evaluation by report_gain (read once by prune)
-        self.evaluations: dict[int, Evaluation] = {}
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         return self.decision(study, trial).prune

@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from gainsearch.core.decision import DecisionConfig
+from gainsearch.core.decision import DecisionConfig, DecisionSettings
 from gainsearch.core.evaluation import Evaluation, evaluate
 from gainsearch.core.monitor import GainMonitor
 from gainsearch.core.objective import ScoreConfig, TrialScoreConfig
@@ -44,7 +44,7 @@ TRIAL_SCORE = "trial_score"
 SCORE = "gain_score"
 
 
-class GainScheduler(FIFOScheduler):
+class GainScheduler(DecisionSettings, FIFOScheduler):
     """Stop trials on their gain curve against their peers at the same epoch.
 
     A thin adapter over :func:`gainsearch.core.evaluation.evaluate`: diverged trials are stopped
@@ -62,46 +62,35 @@ class GainScheduler(FIFOScheduler):
     epoch on.
 
     Args:
-        grace_period: Epochs before stopping for anything but divergence.
-        min_peers: Peers needed before comparing.
-        percentile: Score percentile of the peers below which a trial is stopped (0-100).
-        variability_factor: Multiple of the peers' median variability that is "too high".
-        min_variability: Variability floor (dB/epoch), and the fall (dB) a jagged curve shows.
-        config: A complete :class:`DecisionConfig` instead of the arguments above.
+        grace_period: Epochs before stopping for anything but divergence (the decision core's
+            ``warmup_epochs``).
         metric: The result key Tune optimises (set here or once in ``TuneConfig``): the
             percentile rule compares its value with the peers' at the same epoch (results
             without it: the gain score of the curves).
         mode: ``"max"`` or ``"min"`` for ``metric``.
+        **settings: The other settings of
+            :class:`~gainsearch.core.decision.DecisionSettings` (``min_peers``, ``percentile``,
+            ``variability_factor``, ``min_variability``, or a whole ``config``).
     """
 
     def __init__(
         self,
         *,
         grace_period: int = 1,
-        min_peers: int = 3,
-        percentile: float = 50.0,
-        variability_factor: float | None = None,
-        min_variability: float | None = None,
-        config: DecisionConfig | None = None,
         metric: str | None = None,
         mode: str | None = None,
+        **settings: Any,
     ) -> None:
-        super().__init__()
+        FIFOScheduler.__init__(self)
         if mode is not None and mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', but got mode={mode!r}.")
-        if config is None and (
+        if settings.get("config") is None and (
             isinstance(grace_period, bool) or not isinstance(grace_period, int) or grace_period < 1
         ):  # Ray's name for the decision core's warmup_epochs
             raise ValueError(
                 f"grace_period must be an integer >= 1, but got grace_period={grace_period!r}."
             )
-        self.config = config or DecisionConfig(
-            warmup_epochs=grace_period,
-            min_peers=min_peers,
-            percentile=percentile,
-            variability_factor=variability_factor,
-            min_variability=min_variability,
-        )
+        DecisionSettings.__init__(self, warmup_epochs=grace_period, **settings)
         self._metric = metric
         self._mode = mode
         #: trial id -> per epoch: gain, training loss, the optimised metric (as reported)

@@ -24,6 +24,7 @@ from gainsearch._files import write_atomic
 from gainsearch.search.spaces import ExperimentSpec
 
 __all__ = [
+    "Outcome",
     "TrialRow",
     "check_out_dir",
     "finite_json",
@@ -153,6 +154,20 @@ _FIELDS = tuple(f.name for f in fields(TrialRow))
 
 def _finite_or_none(value: Any) -> float | None:
     return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+@dataclass(kw_only=True)
+class Outcome:
+    """What a search leaves behind: its rows, its best trial (``best.json``), whether it was
+    interrupted, and where the results are (:meth:`where`)."""
+
+    rows: list[TrialRow]
+    best: dict[str, Any]
+    interrupted: bool = False
+
+    def where(self) -> list[str]:
+        """Where the results are (for the end-of-run summary)."""
+        return []
 
 
 def write_results(

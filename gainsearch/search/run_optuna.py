@@ -6,7 +6,8 @@ a study in one process or several, stops cleanly on SIGINT/SIGTERM and writes th
 Each trial keeps in its user attributes: ``gain_curve`` (dB per epoch), ``features``,
 ``diagnosis``, ``diagnosis_reason``, ``decision_rule`` and ``decision_reason`` (see
 :func:`gainsearch.core.evaluation.evaluate`), ``train_loss`` per epoch, ``prune_rule`` and
-``prune_reason`` when pruned, ``config`` (the resolved training configuration) and, with
+``prune_reason`` when pruned, ``config`` (the resolved training configuration), ``worker``
+(``host:pid`` of the process that ran it) and, with
 ``eval_test``, ``test_acc`` and ``test_loss`` per epoch. Nothing that decides reads the test
 metrics.
 """
@@ -18,6 +19,7 @@ import math
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +34,7 @@ from gainsearch.batteries.data import TensorData, load_dataset
 from gainsearch.batteries.train import EpochContext, TrainConfig, train_trial
 from gainsearch.integrations.optuna import report_gain
 from gainsearch.search.results import (
-    TrialRow,
+    Outcome,
     check_out_dir,
     finite_json,
     redact,
@@ -79,6 +81,7 @@ class GainObjective:
         params = self.spec.suggest(trial)
         config = self.spec.train_config({**params, "eval_test": self.eval_test})
         trial.set_user_attr("config", config.to_dict())
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         metrics = self.spec.metrics
         losses: list[float] = []
         test_acc: list[float] = []
@@ -115,15 +118,12 @@ class GainObjective:
         return reported[0]  # the last epoch's value(s), as reported
 
 
-@dataclass
-class StudyOutcome:
-    """What :func:`run_study` leaves behind."""
+@dataclass(kw_only=True)
+class StudyOutcome(Outcome):
+    """What :func:`run_study` leaves behind (and the study: ``study_name`` in ``storage``)."""
 
     study_name: str
     storage: str
-    rows: list[TrialRow]
-    best: dict[str, Any]
-    interrupted: bool = False
 
     def where(self) -> list[str]:
         """Where the results are (for the end-of-run summary)."""
@@ -308,7 +308,7 @@ def run_study(
     rows = trial_rows(study)
     best = best_summary(study, spec)
     write_results(out, spec, rows, best, url, name)
-    return StudyOutcome(name, url, rows, best, interrupted)
+    return StudyOutcome(study_name=name, storage=url, rows=rows, best=best, interrupted=interrupted)
 
 
 def _run_workers(

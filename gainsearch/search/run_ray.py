@@ -17,6 +17,7 @@ import re
 import signal
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 from gainsearch.batteries.train import EpochContext, TrainConfig, train_trial
 from gainsearch.core.objective import ScoreConfig, TrialScoreConfig
 from gainsearch.integrations.ray import SCORE, TRIAL_SCORE, GainResults, GainScheduler, report_gain
-from gainsearch.search.results import TrialRow, check_out_dir, write_results
+from gainsearch.search.results import Outcome, TrialRow, check_out_dir, write_results
 from gainsearch.search.spaces import ExperimentSpec, read_yaml_mapping, spec_differences
 from gainsearch.search.study import check_timeout, make_sampler, make_storage
 
@@ -116,14 +117,11 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-@dataclass
-class RayOutcome:
-    """What :func:`run_tuner` leaves behind."""
+@dataclass(kw_only=True)
+class RayOutcome(Outcome):
+    """What :func:`run_tuner` leaves behind (and Tune's ``experiment_path``)."""
 
     experiment_path: str
-    rows: list[TrialRow]
-    best: dict[str, Any]
-    interrupted: bool = False
 
     def where(self) -> list[str]:
         """Where the results are (for the end-of-run summary)."""
@@ -162,12 +160,13 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
         return False
     if address is None:
         _loopback_only()
-        ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
+        with _quiet_expected_warnings(LOCAL_TOKEN):
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
         return True
     _check_reachable(address)
     try:
@@ -414,41 +413,28 @@ def run_tuner(
     # One checkpoint per epoch is the point of fault tolerance here; Ray's advice to snapshot
     # less often does not apply to epochs of seconds.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    started = connect(address, num_cpus=None)
-    try:
-        if address is not None and "://" not in results_path and len(ray.nodes()) > 1:
-            logger.warning(
-                "storage path %s is local but the cluster has %d nodes: every node must see it "
-                "(a shared file system), else pass --storage-path s3://... or another shared URI",
-                results_path,
-                len(ray.nodes()),
-            )
-        run = _Run(spec, name, train, results_path, study_url, deadline, progress)
-        tuner = run.tuner(
-            n_trials,
-            max_concurrent,
-            max_failures,
-            tune.with_resources(gain_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
-            {**spec.to_ray(), GAINSEARCH_KEY: run.fixed(eval_test, gpus_per_trial > 0)},
-            out,
-        )
-        previous = signal.signal(signal.SIGTERM, _stop_gracefully)
+    run = _Run(spec, name, out, train, results_path, study_url, deadline, progress, address)
+    with _quiet_expected_warnings(NAN_SCORE):
+        started = connect(address, num_cpus=None)
         try:
-            with _quiet_expected_warnings():
+            run.check_shared_storage()
+            tuner = run.tuner(
+                n_trials,
+                max_concurrent,
+                max_failures,
+                tune.with_resources(gain_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
+                {**spec.to_ray(), GAINSEARCH_KEY: run.fixed(eval_test, gpus_per_trial > 0)},
+            )
+            previous = signal.signal(signal.SIGTERM, _stop_gracefully)
+            try:
                 grid = tuner.fit()
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+            client_mode = getattr(tuner, "_local_tuner", None) is None  # ray:// runs remotely
+            return run.finish(grid, n_trials, client_mode)
         finally:
-            signal.signal(signal.SIGTERM, previous)
-        client_mode = getattr(tuner, "_local_tuner", None) is None  # ray:// runs Tune remotely
-        rows = result_rows(grid, spec, run.budget, client_mode=client_mode)
-        best = _best(rows, spec, train)
-        write_results(out, spec, rows, best, study_url, name)
-        interrupted = any(r.state == "interrupted" for r in rows) or (
-            len(rows) < n_trials and not (deadline is not None and _now() >= deadline)
-        )
-        return RayOutcome(str(grid.experiment_path), rows, best, interrupted)
-    finally:
-        if started:
-            ray.shutdown()
+            if started:
+                ray.shutdown()
 
 
 @dataclass
@@ -457,11 +443,40 @@ class _Run:
 
     spec: ExperimentSpec
     name: str
+    out: Path
     train: dict[str, Any]
     results_path: str
     study_url: str
     deadline: float | None
     progress: Callable[[dict[str, Any]], None] | None
+    address: str | None
+
+    def check_shared_storage(self) -> None:
+        """Warn when a cluster's nodes may not see a local results path."""
+        remote = "://" in self.results_path
+        if self.address is not None and not remote and len(ray.nodes()) > 1:
+            logger.warning(
+                "storage path %s is local but the cluster has %d nodes: every node must see it "
+                "(a shared file system), else pass --storage-path s3://... or another shared URI",
+                self.results_path,
+                len(ray.nodes()),
+            )
+
+    def finish(self, grid: Any, n_trials: int, client_mode: bool) -> RayOutcome:
+        """The rows, the best trial and the result files of a fitted grid."""
+        rows = result_rows(grid, self.spec, self.budget, client_mode=client_mode)
+        best = _best(rows, self.spec, self.train)
+        write_results(self.out, self.spec, rows, best, self.study_url, self.name)
+        timed_out = self.deadline is not None and _now() >= self.deadline
+        interrupted = any(r.state == "interrupted" for r in rows) or (
+            len(rows) < n_trials and not timed_out
+        )
+        return RayOutcome(
+            experiment_path=str(grid.experiment_path),
+            rows=rows,
+            best=best,
+            interrupted=interrupted,
+        )
 
     @property
     def budget(self) -> int:
@@ -492,7 +507,6 @@ class _Run:
         max_failures: int,
         trainable: Any,
         param_space: dict[str, Any],
-        out: Path,
     ) -> Any:
         """A new Tuner, or the experiment's restored one with this run's scheduler, deadline
         and callbacks (the pickled ones belong to the old run: its progress closure wrote to
@@ -505,7 +519,7 @@ class _Run:
         scheduler = make_scheduler(self.spec)
         experiment = Path(self.results_path) / self.name
         if "://" not in self.results_path and Tuner.can_restore(str(experiment)):
-            _check_same_spec(out, self.spec)
+            _check_same_spec(self.out, self.spec)
             tuner = Tuner.restore(
                 str(experiment), trainable=trainable, resume_errored=True, param_space=param_space
             )
@@ -565,30 +579,40 @@ def _replay(scheduler: TrialScheduler, experiment: Path) -> None:
                 scheduler.record(trial_id, record)
 
 
-class _ExpectedWarnings(logging.Filter):
-    """Drops what Ray and Optuna log for expected events of a search: ``OptunaSearch`` telling
-    Optuna a diverged trial's NaN score ("The value nan is not acceptable": the trial is pruned,
-    our table says so) and Ray's note that token authentication is off (a local Ray on
-    loopback)."""
+#: What Ray and Optuna say about expected events of a search, silenced during one: OptunaSearch
+#: telling Optuna a diverged trial's NaN score (the trial is pruned, and the table says why)...
+NAN_SCORE = "is not acceptable"
+#: ...and Ray's note on token authentication, for a Ray started here on loopback only.
+LOCAL_TOKEN = "Token authentication is enabled for this Ray cluster"
 
-    PATTERNS = ("The value nan is not acceptable", "is not acceptable", "token authentication")
+
+class _Drop(logging.Filter):
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        super().__init__()
+        self.patterns = patterns
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not any(p in message for p in self.PATTERNS)
+        return not any(p in message for p in self.patterns)
 
 
 @contextlib.contextmanager
-def _quiet_expected_warnings() -> Iterator[None]:
-    quiet = _ExpectedWarnings()
-    loggers = [logging.getLogger(n) for n in ("optuna", "ray", "ray.tune")]
-    for lg in loggers:
-        lg.addFilter(quiet)
+def _quiet_expected_warnings(*patterns: str) -> Iterator[None]:
+    """Drop log records and warnings that contain one of ``patterns`` (Ray's and Optuna's
+    loggers and their handlers, which children propagate to; ``warnings.warn`` too)."""
+    drop = _Drop(patterns)
+    loggers = [logging.getLogger(name) for name in ("", "ray", "ray.tune", "optuna")]
+    targets: list[Any] = [*loggers, *{h for lg in loggers for h in lg.handlers}]
+    for target in targets:
+        target.addFilter(drop)
     try:
-        yield
+        with warnings.catch_warnings():
+            for pattern in patterns:
+                warnings.filterwarnings("ignore", message=f".*{re.escape(pattern)}")
+            yield
     finally:
-        for lg in loggers:
-            lg.removeFilter(quiet)
+        for target in targets:
+            target.removeFilter(drop)
 
 
 def result_rows(

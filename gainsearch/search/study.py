@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
@@ -36,10 +37,62 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def make_sampler(spec: ExperimentSpec) -> optuna.samplers.BaseSampler:
-    """TPE (default) or random sampling, seeded by the spec."""
-    if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
-    return optuna.samplers.TPESampler(seed=spec.seed)
+    """TPE (default) or random sampling, seeded by the spec and by the first trial it samples.
+
+    A sampler seeded by the spec alone proposes the same sequence in every process that opens
+    the study: parallel workers (``--workers``, or one command per machine on a shared storage)
+    ran the same parameters, and a resumed study repeated its first ones. Seeded by
+    ``(seed, number of its first trial)`` each process has its own sequence, still reproducible;
+    a fresh study's first process (first trial 0) keeps the spec's seed, so a single-process
+    search gives the same trials as before.
+    """
+    return _SeededPerProcess(spec.sampler, spec.seed)
+
+
+class _SeededPerProcess(optuna.samplers.BaseSampler):
+    """The spec's sampler, created at the first trial it samples (see :func:`make_sampler`)."""
+
+    def __init__(self, kind: str, seed: int | None) -> None:
+        self.kind, self.seed = kind, seed
+        self._sampler: optuna.samplers.BaseSampler | None = None
+
+    @property
+    def sampler(self) -> optuna.samplers.BaseSampler:
+        if self._sampler is None:  # before any trial (e.g. a study asked for its search space)
+            self._sampler = self._make(self.seed)
+        return self._sampler
+
+    def _make(self, seed: int | None) -> optuna.samplers.BaseSampler:
+        if self.kind == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self._sampler is None:
+            seed = self.seed
+            if seed is not None and trial.number > 0:
+                seed = int(np.random.SeedSequence([seed, trial.number]).generate_state(1)[0])
+            self._sampler = self._make(seed)
+        self.sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> Any:
+        return self.sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, space: Any) -> Any:
+        return self.sampler.sample_relative(study, trial, space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, name: str, distribution: Any
+    ) -> Any:
+        return self.sampler.sample_independent(study, trial, name, distribution)
+
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any
+    ) -> None:
+        self.sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.sampler.reseed_rng()
 
 
 def make_pruner(spec: ExperimentSpec) -> BasePruner:
