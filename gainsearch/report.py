@@ -107,13 +107,14 @@ class RunData:
         """A run of :func:`gainsearch.train_trial` results (e.g. a sweep of your own), each
         diagnosed against the others as peers; ``params`` names the configuration fields that
         vary (plotted on a log scale when they span more than a factor of 20)."""
-        from gainsearch.core.features import diagnose
+        from gainsearch.core.evaluation import evaluate
 
         curves = [r.gains for r in results]
         rows: list[TrialRow] = []
         for i, r in enumerate(results):
             losses = [h["train_loss"] for h in r.history]
-            diag = diagnose(curves[i], peers=curves[:i] + curves[i + 1 :], train_loss=losses)
+            peers = curves[:i] + curves[i + 1 :]
+            diag = evaluate(curves[i], train_loss=losses, peers=peers).diagnosis
             config = r.config.to_dict()
             test = [h["test_acc"] for h in r.history if "test_acc" in h]
             done = r.status == "completed"

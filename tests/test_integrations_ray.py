@@ -4,6 +4,7 @@ removed mid-search."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -17,7 +18,7 @@ import pytest
 pytest.importorskip("ray.tune")
 
 import ray
-from ray.tune.schedulers import TrialScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from gainsearch.core.decision import DecisionConfig
 from gainsearch.integrations.optuna import GainPruner
@@ -186,6 +187,11 @@ def test_two_node_search_survives_losing_a_worker(two_node_cluster, tmp_path: Pa
         assert log == sorted(log), log
         assert len(log) - len(set(log)) <= 1, log
         assert len(r["gain_curve"]) == r["epochs"]
+    for r in rows:  # the scheduler's evaluation, stored in the results by GainResults
+        assert r["diagnosis"] and r["diagnosis_reason"], r
+        assert r["prune_rule"] in (
+            ("diverged", "too_variable", "below_percentile") if r["state"] == "pruned" else ("",)
+        )
     moved = [r for r in rows if len(r["nodes"]) == 2]
     assert moved, "the interrupted trial should have finished on the head node"
     table = (tmp_path / "out" / "trials.csv").read_text().splitlines()
@@ -261,7 +267,9 @@ def test_ray_schedulers_on_the_gain_score_mark_stopped_trials(tmp_path: Path, pr
     for r in outcome.rows:
         if r["state"] == "pruned":
             assert r["prune_reason"].startswith(("stopped at epoch", "diverged"))
+            assert r["prune_rule"] in ("pruner", "diverged")
             assert r["epochs"] < 4
+        assert r["diagnosis_reason"]  # GainResults diagnosed it against its peers
 
 
 def test_resume_with_another_spec_is_refused(tmp_path: Path) -> None:
@@ -313,3 +321,47 @@ def test_a_directory_of_another_study_is_refused_before_ray_starts(tmp_path: Pat
     with pytest.raises(ValueError, match=r"holds the results of study 'someone_else'.*'ray_e2e'"):
         run_tuner(SPEC, out_dir=tmp_path, n_trials=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json"]
+
+
+def test_running_trials_are_peers_on_both_back_ends() -> None:
+    """The peer set is the same: every other trial that reached the epoch, running or not."""
+    config = DecisionConfig(min_peers=3)
+    peers = [[1.0, 2.0, 3.0], [1.5, 2.5, 3.5], [0.5, 1.0, 1.5]]
+    study = optuna.create_study(direction="maximize", pruner=GainPruner(config=config))
+    scheduler = GainScheduler(config=config)
+    running = []
+    for i, peer in enumerate(peers):
+        t = study.ask()  # never told: still running
+        t.set_user_attr("gain_curve", peer)
+        running.append(t)
+        feed(scheduler, f"peer{i}", peer)
+    study.tell(running[0], state=optuna.trial.TrialState.PRUNED)  # pruned peers count too
+    me = study.ask()
+    me.set_user_attr("gain_curve", [0.0, 0.1, 0.2])
+    decision = study.pruner.decision(study, study._storage.get_trial(me._trial_id))
+    assert decision.peers == 3 and decision.rule == "below_percentile"
+    assert feed(scheduler, "me", [0.0, 0.1, 0.2])[-1] is True
+    assert scheduler.evaluations["me"].decision == decision
+
+
+def test_gain_results_store_the_evaluation_in_the_result() -> None:
+    from gainsearch.integrations.ray import GainResults
+
+    scheduler = GainScheduler(min_peers=2, metric="trial_score", mode="max")
+    callback = GainResults(scheduler, budget=3)
+    results = {}
+    for trial_id, loss in (("a", 1.0), ("b", 0.5), ("c", 2.0)):
+        result = {"epoch": 1, "gain": 1.0, "train_loss": loss, "trial_score": -math.log10(loss)}
+        scheduler.on_trial_result(None, SimpleNamespace(trial_id=trial_id), result)
+        callback.on_trial_result(0, [], SimpleNamespace(trial_id=trial_id), result)
+        results[trial_id] = result
+    assert results["a"]["decision_rule"] == "few_peers" and "prune_rule" not in results["a"]
+    assert results["c"]["prune_rule"] == "below_percentile"
+    assert results["c"]["prune_reason"] == scheduler.stop_reasons["c"]
+    assert results["c"]["diagnosis"] == scheduler.evaluations["c"].diagnosis.label
+    # with another scheduler: the diagnosis against the peers, a stop before the budget as rule
+    other = GainResults(FIFOScheduler(), budget=3)
+    stopped = {"epoch": 1, "gain": 1.0, "train_loss": 1.0, "done": True}
+    other.on_trial_result(0, [], SimpleNamespace(trial_id="x"), stopped)
+    assert stopped["prune_rule"] == "pruner" and "FIFOScheduler" in stopped["prune_reason"]
+    assert stopped["diagnosis"] == "undetermined"
