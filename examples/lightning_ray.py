@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gainsearch import load_dataset
 from gainsearch.integrations.lightning import GainCallback
-from gainsearch.integrations.ray import GainScheduler
+from gainsearch.integrations.ray import GainResults, GainScheduler
 from gainsearch.search.run_ray import connect
 
 
@@ -65,7 +65,10 @@ def main() -> None:
                 scheduler=scheduler, metric="trial_score", mode="max", max_concurrent_trials=2
             ),
             run_config=tune.RunConfig(
-                storage_path=tempfile.mkdtemp(prefix="gainsearch-ray-"), verbose=0
+                storage_path=tempfile.mkdtemp(prefix="gainsearch-ray-"),
+                verbose=0,
+                # the scheduler's evaluation (diagnosis against the peers, the rule) in results
+                callbacks=[GainResults(scheduler)],
             ),
         )
         grid = tuner.fit()
@@ -76,7 +79,7 @@ def main() -> None:
             ray.shutdown()
     for result in sorted(grid, key=lambda r: r.config["lr"]):
         m = result.metrics or {}
-        reason = scheduler.stop_reasons.get(m.get("trial_id", ""), "")
+        reason = m.get("prune_reason", "")  # GainResults put it there
         state = "stopped" if reason else "complete"
         print(
             f"lr={result.config['lr']:.2e} {state:8s} epochs={m.get('epoch')} "

@@ -22,7 +22,7 @@ from ray import tune
 from torch import nn
 
 from gainsearch import GainMonitor, load_dataset
-from gainsearch.integrations.ray import GainScheduler, report_gain
+from gainsearch.integrations.ray import GainResults, GainScheduler, report_gain
 from gainsearch.search.run_ray import connect
 
 
@@ -74,7 +74,10 @@ def main() -> None:
                 scheduler=scheduler, metric="trial_score", mode="max", max_concurrent_trials=2
             ),
             run_config=tune.RunConfig(
-                storage_path=tempfile.mkdtemp(prefix="gainsearch-ray-"), verbose=0
+                storage_path=tempfile.mkdtemp(prefix="gainsearch-ray-"),
+                verbose=0,
+                # the scheduler's evaluation (diagnosis against the peers, the rule) in results
+                callbacks=[GainResults(scheduler)],
             ),
         ).fit()
     finally:
@@ -84,7 +87,7 @@ def main() -> None:
             ray.shutdown()
     for result in sorted(grid, key=lambda r: r.config["lr"]):
         m = result.metrics or {}
-        reason = scheduler.stop_reasons.get(m.get("trial_id", ""), "")
+        reason = m.get("prune_reason", "")  # GainResults put it there
         print(
             f"lr={result.config['lr']:.2e} {'stopped' if reason else 'complete':8s} "
             f"epochs={m.get('epoch')} trial_score={m.get('trial_score'):.3f} "
