@@ -214,17 +214,14 @@ def _cmd_gain(args: argparse.Namespace) -> int:
     import torch
 
     from gainsearch.batteries.models import create_model
-    from gainsearch.batteries.train import load_checkpoint
+    from gainsearch.batteries.train import model_from_checkpoint
     from gainsearch.core.spectral import maximum_gain
 
     if args.checkpoint is not None:
-        state = load_checkpoint(args.checkpoint)
-        config = state["config"]
-        data = state.get("data") or {}
-        in_shape = tuple(data.get("in_shape") or _parse_shape(args.in_shape))
-        num_classes = int(data.get("num_classes") or args.num_classes)
-        model = create_model(config["model"], in_shape, num_classes, width=config["width"])
-        model.load_state_dict(state["model"])
+        model, state = model_from_checkpoint(
+            args.checkpoint, in_shape=_parse_shape(args.in_shape), num_classes=args.num_classes
+        )
+        in_shape = tuple((state.get("data") or {}).get("in_shape") or _parse_shape(args.in_shape))
         source = f"checkpoint {args.checkpoint} (epoch {state['epoch']})"
     else:
         in_shape = _parse_shape(args.in_shape)

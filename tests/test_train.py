@@ -370,6 +370,17 @@ def test_own_model_by_import_path(
         train_trial({**FAST, "model": "mynets_gs_test:not_a_module"}, data=digits)
     with pytest.raises(ValueError, match=r"must accept in_shape, num_classes and the model_args"):
         train_trial({**cfg, "model_args": {"depth": 3}}, data=digits)
+    # the checkpoint rebuilds the same model from its own configuration (model_args included:
+    # the CLI used to rebuild it with the registry defaults)
+    from gainsearch.batteries.train import model_from_checkpoint
+    from gainsearch.core.spectral import maximum_gain
+
+    path = tmp_path / "own.pt"
+    result = train_trial(cfg, data=digits, checkpoint_path=path)
+    model, state = model_from_checkpoint(path)
+    assert model[0].out_channels == 4 and state["epoch"] == FAST["epochs"]
+    gain = maximum_gain(model.eval(), in_shape=digits.in_shape, target="all").gain
+    assert gain == pytest.approx(result.gains[-1], abs=1e-4)
 
 
 def test_a_checkpoint_from_before_the_modern_settings_resumes(

@@ -16,10 +16,10 @@ first ``t`` readings, only those that reached epoch ``t`` with finite gains):
    first and of the last window above ``variability_factor`` x the peers' median and above
    ``min_variability`` dB/epoch, with a fall of more than ``min_variability`` dB inside the last
    window. So a trial pruned here is diagnosed ``lr_too_high`` at that epoch, and a trial
-   diagnosed ``lr_too_high`` against ``min_peers`` peers is pruned. The fall is what tells a
-   jagged curve from a good learning rate's steep early rise, whose differences also spread
-   widely (without it, ``benchmarks/selection.py`` replayed on digits pruned the best rate in
-   one seed of five: regret 4.28 points; with it 0.39);
+   diagnosed ``lr_too_high`` against ``min_peers`` peers after the warm-up is pruned. The
+   fall is what tells a jagged curve from a good learning rate's steep early rise, whose
+   differences also spread widely (without it, ``benchmarks/selection.py`` replayed on digits
+   pruned the best rate in one seed of five: regret 4.28 points; with it 0.39);
 5. score below the ``percentile``-th percentile of the peers' scores at the same epoch -> prune
    (``below_percentile``). The score is the value the study optimises, as reported per epoch
    (``values``/``peer_values``: the trial score by default, see :mod:`gainsearch.core.objective`);

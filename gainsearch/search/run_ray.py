@@ -523,7 +523,8 @@ class _Run:
             tuner = Tuner.restore(
                 str(experiment), trainable=trainable, resume_errored=True, param_space=param_space
             )
-            _replay(scheduler, experiment)
+            callbacks = self.callbacks(scheduler)
+            _replay(callbacks[0].book, experiment)  # the scheduler's, or GainResults' own
             local = getattr(tuner, "_local_tuner", None)
             if local is not None:
                 local._tune_config.scheduler = scheduler
@@ -531,7 +532,7 @@ class _Run:
                     local._tune_config.search_alg, self.deadline
                 )
                 local._tune_config.time_budget_s = None  # a run from before the deadline
-                local._run_config.callbacks = self.callbacks(scheduler)
+                local._run_config.callbacks = callbacks
             return tuner
         searcher = OptunaSearch(
             sampler=make_sampler(self.spec),
@@ -563,10 +564,8 @@ class _Run:
         )
 
 
-def _replay(scheduler: TrialScheduler, experiment: Path) -> None:
-    """Rebuild a GainScheduler's peer series from the results already on disk (resume)."""
-    if not isinstance(scheduler, GainScheduler):
-        return
+def _replay(book: GainScheduler, experiment: Path) -> None:
+    """Rebuild the peer series from the results already on disk (resume)."""
     for result_file in experiment.glob("*/result.json"):
         trial_id = None
         for line in result_file.read_text().splitlines():
@@ -576,7 +575,7 @@ def _replay(scheduler: TrialScheduler, experiment: Path) -> None:
                 continue
             trial_id = record.get("trial_id", trial_id)
             if trial_id and "epoch" in record and "gain" in record:
-                scheduler.record(trial_id, record)
+                book.record(trial_id, record)
 
 
 #: What Ray and Optuna say about expected events of a search, silenced during one: OptunaSearch
