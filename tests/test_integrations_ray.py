@@ -8,6 +8,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -237,8 +238,11 @@ def test_unreachable_address_is_a_clear_error(tmp_path: Path) -> None:
     assert time.time() - started < 120
 
 
-def test_diverged_trials_without_a_gain_scheduler(tmp_path: Path) -> None:
-    """A diverged trial reports a NaN score; OptunaSearch must take it (regression)."""
+def test_diverged_trials_without_a_gain_scheduler(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A diverged trial reports a NaN score; OptunaSearch must take it (regression), and the
+    user sees no warning for it (Optuna's "The value nan is not acceptable")."""
     spec = parse_spec(
         {
             "name": "ray_diverge",
@@ -247,7 +251,11 @@ def test_diverged_trials_without_a_gain_scheduler(tmp_path: Path) -> None:
             "pruner": {"type": "none"},
         }
     )
-    outcome = run_tuner(spec, out_dir=tmp_path, n_trials=2, max_concurrent=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outcome = run_tuner(spec, out_dir=tmp_path, n_trials=2, max_concurrent=1)
+    said = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if "is not acceptable" in m], said
     assert [r["state"] for r in outcome.rows] == ["pruned", "pruned"]
     assert all(r["prune_reason"].startswith("diverged") for r in outcome.rows)
     assert outcome.best["best"] is None
