@@ -4,7 +4,10 @@ Every trial trains on the full training set; after each epoch the network's Maxi
 peak of its spectral response to an impulse image, Stamatescu & McDonnell, arXiv:1810.03241) is
 measured, and features of the gain curve replace validation loss as objective and pruning signal.
 
-This module imports neither optuna nor ray: the back ends live in ``gainsearch.integrations``.
+The package: ``core`` (the measurement, features, scores, diagnosis, decision and the one
+per-epoch :func:`evaluate`), ``batteries`` (data, models, trainer), ``integrations`` (the Optuna,
+Ray Tune and Lightning adapters), ``search`` (specs, the study, results and the runners), then
+``report`` and ``cli``. This module imports neither optuna nor ray.
 """
 
 from gainsearch.batteries.data import DATASETS, DataError, TensorData, load_dataset
@@ -16,6 +19,7 @@ from gainsearch.batteries.train import (
     load_checkpoint,
     train_trial,
 )
+from gainsearch.core.evaluation import Evaluation, evaluate
 from gainsearch.core.features import (
     LABELS,
     CurveFeatures,
@@ -45,6 +49,7 @@ __all__ = [
     "Diagnosis",
     "DiagnosisConfig",
     "EpochContext",
+    "Evaluation",
     "GainMonitor",
     "GainReading",
     "GainResult",
@@ -58,6 +63,7 @@ __all__ = [
     "create_model",
     "data_derivative",
     "diagnose",
+    "evaluate",
     "hann_window_2d",
     "impulse_probe",
     "list_models",
