@@ -42,6 +42,7 @@ import numpy as np
 from gainsearch.core.features import (
     CurveFeatures,
     DiagnosisConfig,
+    VariabilityCheck,
     compute_features,
     variability_check,
 )
@@ -188,6 +189,7 @@ def decide(
     peer_values: Sequence[Sequence[float] | np.ndarray] | None = None,
     features: CurveFeatures | None = None,
     metric: str = "score",
+    variability: VariabilityCheck | None = None,
 ) -> Decision:
     """Decide whether the trial with gain ``curve`` continues, against its ``peers``.
 
@@ -204,6 +206,8 @@ def decide(
             without a finite value at epoch ``t`` are left out of the percentile rule.
         features: The features of ``curve`` (same diagnosis config), when already computed.
         metric: The name of ``values`` in the reasons.
+        variability: The "too variable" verdict of ``curve`` against the same ``peers``, when
+            the diagnosis already has it (:attr:`gainsearch.core.features.Diagnosis.variability`).
     """
     if (values is None) != (peer_values is None):
         raise ValueError("values and peer_values go together: pass both or neither.")
@@ -228,7 +232,7 @@ def decide(
     if n < cfg.min_peers:
         reason = f"{n} peer(s) reached epoch {t}; {cfg.min_peers} are needed to compare"
         return Decision(False, FEW_PEERS, reason, t, score, n)
-    check = variability_check(
+    check = variability or variability_check(
         gains, heads, config=cfg.diagnosis, min_peers=cfg.min_peers, features=feats
     )
     if check.too_variable:

@@ -184,6 +184,7 @@ def evaluate(
         peer_values=peer_values,
         features=feats,
         metric=metric,
+        variability=diag.variability,  # computed once, for the diagnosis and the decision
     )
     return Evaluation(
         epoch=t,

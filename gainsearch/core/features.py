@@ -207,6 +207,8 @@ class Diagnosis:
     #: Epoch from which the trial overfits, for ``overfitting``: the gain's jump after a flat
     #: stretch, or the first epoch whose training loss was below ``fitted_loss``.
     overfit_onset: int | None = None
+    #: The "too variable" verdict behind ``lr_too_high`` (the decision core reuses it).
+    variability: VariabilityCheck | None = None
 
     def __str__(self) -> str:
         return f"{self.label}: {self.reason}"
@@ -440,6 +442,7 @@ def diagnose(
             high_variability_threshold=late_threshold,
             peers=n_peers,
             overfit_onset=onset,
+            variability=check,
         )
 
     if feats.diverged:

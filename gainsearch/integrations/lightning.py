@@ -214,7 +214,7 @@ class GainCallback(pl.Callback):
             "gain": reading.gain,
             "gain_max": reading.gain_max,
             "winner": reading.winner,
-            **{k: evaluation.metrics()[k] for k in LOGGED if k != "gain"},
+            **{k: v for k, v in evaluation.metrics().items() if k in LOGGED},
         }
         if self.trial is not None:
             import optuna

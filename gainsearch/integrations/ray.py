@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gainsearch.core.decision import DecisionConfig, DecisionSettings
-from gainsearch.core.evaluation import Evaluation, evaluate
+from gainsearch.core.evaluation import evaluate
 from gainsearch.core.monitor import GainMonitor
 from gainsearch.core.objective import ScoreConfig, TrialScoreConfig
 
@@ -97,7 +97,6 @@ class GainScheduler(DecisionSettings, FIFOScheduler):
         self.curves: dict[str, list[float]] = {}
         self.losses: dict[str, list[float]] = {}
         self.values: dict[str, list[float]] = {}
-        self.evaluations: dict[str, Evaluation] = {}
         self.stop_reasons: dict[str, str] = {}
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -189,13 +188,12 @@ class GainResults(tune.Callback):
         if evaluation is None:
             return
         record = evaluation.record()
-        if self.gain is None:  # the diagnosis is ours, the decision another scheduler's
+        if self.gain is None and evaluation.decision.rule != "diverged":
+            # the diagnosis is ours, the decision (but divergence) another scheduler's
             record.pop("prune_rule", None)
             record.pop("prune_reason", None)
             epoch = int(result["epoch"])
-            if result.get("diverged"):
-                record.update(prune_rule="diverged", prune_reason=evaluation.decision.reason)
-            elif result.get("done") and self.budget is not None and epoch < self.budget:
+            if result.get("done") and self.budget is not None and epoch < self.budget:
                 record.update(
                     prune_rule="pruner",
                     prune_reason=f"stopped at epoch {epoch} by the {self.name} scheduler",

@@ -124,15 +124,10 @@ class TrialRow:
         return cls(**{k: data[k] for k in _FIELDS if k in data})
 
     def csv_cells(self, param_names: Sequence[str]) -> list[Any]:
+        """This row in ``trials.csv``: number, state, parameters, then :data:`CSV_TAIL`."""
         value = self.value if self.value is not None else self.values
-        tail = [value, self.epochs, self.final_gain, self.diagnosis, self.prune_reason]
-        return [
-            self.number,
-            self.state,
-            *[self.params.get(p, "") for p in param_names],
-            *tail,
-            self.test_acc,
-        ]
+        tail = [value if key == "value" else self[key] for key in CSV_TAIL]
+        return [self.number, self.state, *[self.params.get(p, "") for p in param_names], *tail]
 
     def best_entry(self, metrics: Sequence[str], config: dict[str, Any]) -> dict[str, Any]:
         """This trial as ``best.json`` describes the best one."""
