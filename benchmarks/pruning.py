@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--data-root", help="override the spec's data_root")
     parser.add_argument("--percentile", type=float, help="override pruner.percentile")
-    parser.add_argument("--warmup-epochs", type=int, help="override pruner.warmup_epochs")
+    parser.add_argument("--grace-period", type=int, help="override pruner.grace_period")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -42,8 +42,8 @@ def main() -> None:
     pruner_settings = dict(spec.to_dict()["pruner"])
     if args.percentile is not None:
         pruner_settings["percentile"] = args.percentile
-    if args.warmup_epochs is not None:
-        pruner_settings["warmup_epochs"] = args.warmup_epochs
+    if args.grace_period is not None:
+        pruner_settings["grace_period"] = args.grace_period
     results = {}
     for label, pruner in (("GainPruner", "gain"), ("no pruning", "none")):
         variant = parse_spec({**spec.to_dict(), "pruner": {**pruner_settings, "type": pruner}})
@@ -61,8 +61,8 @@ def main() -> None:
 
     print(
         f"spec: {args.spec.name}, {args.trials} trials, TPE seed {spec.seed}, "
-        f"{spec.train['epochs']} epochs per trial at most; GainPruner warm-up "
-        f"{pruner_settings['warmup_epochs']}, percentile {pruner_settings['percentile']:g}, "
+        f"{spec.train['epochs']} epochs per trial at most; GainPruner grace period "
+        f"{pruner_settings['grace_period']}, percentile {pruner_settings['percentile']:g}, "
         f"min peers {pruner_settings['min_peers']}"
     )
     print(

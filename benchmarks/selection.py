@@ -569,7 +569,7 @@ def pruning_table(
     for warmup, percentile, factor in settings:
         off = 1e300  # math.inf: the too-variable rule switched off
         cfg = DecisionConfig(
-            warmup_epochs=warmup,
+            grace_period=warmup,
             percentile=percentile,
             variability_factor=factor if math.isfinite(factor) else off,
         )

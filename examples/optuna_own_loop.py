@@ -62,7 +62,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.create_study(
     direction="maximize",
     sampler=optuna.samplers.TPESampler(seed=0),
-    pruner=GainPruner(warmup_epochs=3, min_peers=3),
+    pruner=GainPruner(grace_period=3, min_peers=3),
 )
 study.optimize(objective, n_trials=12)
 for t in study.trials:

@@ -25,7 +25,7 @@ name: e2e
 train: {dataset: digits, model: digits_lenet, epochs: 6, batch_size: 128}
 search:
   lr: {type: float, low: 1.0e-3, high: 2.0, log: true}
-pruner: {warmup_epochs: 2, min_peers: 2}
+pruner: {grace_period: 2, min_peers: 2}
 sampler: {type: tpe, seed: 1}
 """
 
@@ -146,7 +146,7 @@ def finished(storage: str) -> list[optuna.trial.FrozenTrial]:
 # pruning on the training loss, pruned trials end in a fraction of a second and the study could
 # be over before the test's poll saw two finished trials).
 SIGNAL_SPEC = SPEC.replace("batch_size: 128", "batch_size: 32").replace(
-    "pruner: {warmup_epochs: 2, min_peers: 2}", "pruner: {type: none}"
+    "pruner: {grace_period: 2, min_peers: 2}", "pruner: {type: none}"
 )
 
 

@@ -11,7 +11,7 @@ from gainsearch.core.decision import (
     DIVERGED,
     FEW_PEERS,
     TOO_VARIABLE,
-    WARMUP,
+    GRACE_PERIOD,
     DecisionConfig,
     decide,
 )
@@ -32,8 +32,8 @@ def test_diverged_is_pruned_at_once_even_in_warmup() -> None:
 
 
 def test_warmup_is_respected() -> None:
-    d = decide(SLOW[:2], PEERS, config=DecisionConfig(warmup_epochs=3))
-    assert not d.prune and d.rule == WARMUP
+    d = decide(SLOW[:2], PEERS, config=DecisionConfig(grace_period=3))
+    assert not d.prune and d.rule == GRACE_PERIOD
 
 
 def test_few_peers_continue() -> None:
@@ -79,7 +79,7 @@ def test_peers_that_diverged_before_the_epoch_are_ignored() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"warmup_epochs": 0}, r"warmup_epochs must be an integer >= 1, but got warmup_epochs=0"),
+        ({"grace_period": 0}, r"grace_period must be an integer >= 1, but got grace_period=0"),
         ({"min_peers": 1.5}, r"min_peers must be an integer >= 1"),
         ({"percentile": 101}, r"percentile must be between 0 and 100 inclusive, but got p=101"),
         ({"variability_factor": 0}, r"variability_factor must be a positive number"),

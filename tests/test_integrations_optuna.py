@@ -82,14 +82,14 @@ def test_trainer_divergence_flag_prunes() -> None:
 
 
 def test_too_variable_after_warmup_with_reason() -> None:
-    study = study_with_peers(GainPruner(warmup_epochs=4))
+    study = study_with_peers(GainPruner(grace_period=4))
     epochs, reason = run_epochs(study, JAGGED)
     assert epochs == 4  # warm-up respected: epochs 1-3 were not judged
     assert "learning rate too high" in reason
 
 
 def test_below_percentile_with_reason() -> None:
-    study = study_with_peers(GainPruner(warmup_epochs=3, percentile=25))
+    study = study_with_peers(GainPruner(grace_period=3, percentile=25))
     epochs, reason = run_epochs(study, SLOW)
     assert epochs == 3 and "below the 25th percentile of 3 peers" in reason
     intermediate = study.trials[-1].intermediate_values
@@ -122,7 +122,7 @@ def test_good_trial_completes_and_records_features() -> None:
 
 def test_pruner_matches_the_decision_core() -> None:
     rng = np.random.default_rng(0)
-    config = DecisionConfig(warmup_epochs=2, min_peers=2)
+    config = DecisionConfig(grace_period=2, min_peers=2)
     for _ in range(20):
         peers = [list(np.cumsum(rng.normal(1, rng.uniform(0.1, 3), 6))) for _ in range(4)]
         curve = list(np.cumsum(rng.normal(1, rng.uniform(0.1, 3), 5)))
@@ -140,6 +140,7 @@ def test_pruner_matches_the_decision_core() -> None:
             config=config,
             values=scores(curve),
             peer_values=[scores(p) for p in peers],
+            metric="value",  # a plain trial.report names no metric
         )
         assert study.pruner.prune(study, frozen) == expected.prune
         assert study.pruner.decision(study, frozen).reason == expected.reason
@@ -170,7 +171,7 @@ def test_other_pruners_give_a_generic_reason() -> None:
 
 def test_multi_objective_studies_are_pruned_by_the_core() -> None:
     study = optuna.create_study(
-        directions=["maximize", "minimize"], pruner=GainPruner(warmup_epochs=3)
+        directions=["maximize", "minimize"], pruner=GainPruner(grace_period=3)
     )
     for curve in (GOOD, OK, [v + 1.0 for v in OK]):
         trial = study.ask()
@@ -187,8 +188,8 @@ def test_multi_objective_studies_are_pruned_by_the_core() -> None:
 def test_bad_pruner_arguments() -> None:
     with pytest.raises(ValueError, match=r"percentile must be between 0 and 100.*p=-5"):
         GainPruner(percentile=-5)
-    with pytest.raises(ValueError, match=r"warmup_epochs must be an integer >= 1"):
-        GainPruner(warmup_epochs=0)
+    with pytest.raises(ValueError, match=r"grace_period must be an integer >= 1"):
+        GainPruner(grace_period=0)
 
 
 # -- small real studies on digits -----------------------------------------------------------
@@ -198,7 +199,7 @@ SPEC = parse_spec(
         "name": "tiny",
         "train": {"dataset": "digits", "model": "digits_lenet", "epochs": 4, "batch_size": 128},
         "search": {"lr": {"type": "float", "low": 1e-3, "high": 2.0, "log": True}},
-        "pruner": {"warmup_epochs": 2, "min_peers": 2},
+        "pruner": {"grace_period": 2, "min_peers": 2},
         "sampler": {"type": "random", "seed": 3},
     }
 )

@@ -38,7 +38,7 @@ def feed(scheduler: GainScheduler, trial_id: str, curve: list[float]) -> list[bo
 
 def test_same_curves_same_decisions_as_gain_pruner() -> None:
     rng = np.random.default_rng(1)
-    config = DecisionConfig(warmup_epochs=2, min_peers=2)
+    config = DecisionConfig(grace_period=2, min_peers=2)
     for _ in range(15):
         peers = [list(np.cumsum(rng.normal(1, rng.uniform(0.1, 3), 6))) for _ in range(3)]
         curve = list(np.cumsum(rng.normal(1, rng.uniform(0.1, 3), 6)))
@@ -87,7 +87,7 @@ def test_a_restarted_trial_replaces_its_curve() -> None:
     scheduler = GainScheduler()
     feed(scheduler, "t", [1.0, 2.0, 3.0])
     scheduler.observe("t", {"epoch": 2, "gain": 2.5})
-    assert scheduler.curves["t"] == [1.0, 2.5]
+    assert scheduler.curves["t"] == {1: 1.0, 2: 2.5}
 
 
 def test_missing_metrics_and_bad_arguments() -> None:
@@ -104,7 +104,7 @@ SPEC = parse_spec(
         "name": "ray_e2e",
         "train": {"dataset": "digits", "model": "digits_lenet", "epochs": 8, "batch_size": 16},
         "search": {"lr": {"type": "float", "low": 1e-3, "high": 0.05, "log": True}},
-        "pruner": {"warmup_epochs": 3, "min_peers": 2},
+        "pruner": {"grace_period": 3, "min_peers": 2},
         "sampler": {"type": "tpe", "seed": 0},
     }
 )
@@ -263,7 +263,7 @@ def test_diverged_trials_without_a_gain_scheduler(
 
 @pytest.mark.parametrize("pruner", ["asha", "median"])
 def test_ray_schedulers_on_the_gain_score_mark_stopped_trials(tmp_path: Path, pruner: str) -> None:
-    settings = {"type": pruner, "warmup_epochs": 1, "min_peers": 1}
+    settings = {"type": pruner, "grace_period": 1, "min_peers": 1}
     spec = parse_spec({**SPEC.to_dict(), "name": f"ray_{pruner}", "pruner": settings})
     spec = spec.with_train(batch_size=128, epochs=4)
     wide = {"lr": {"type": "float", "low": 1e-5, "high": 0.05, "log": True}}  # some far too low

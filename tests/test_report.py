@@ -39,7 +39,7 @@ description: a small search for the report tests
 train: {dataset: digits, model: digits_lenet, epochs: 4, batch_size: 128}
 search:
   lr: {type: float, low: 1.0e-3, high: 3.0, log: true}
-pruner: {warmup_epochs: 1, min_peers: 2}
+pruner: {grace_period: 1, min_peers: 2}
 sampler: {type: tpe, seed: 3}
 """
 

@@ -4,12 +4,19 @@ Both back ends are thin adapters over :func:`decide`: ``GainPruner`` (Optuna) an
 ``GainScheduler`` (Ray Tune) collect the trial's gain curve and its peers' curves and act on the
 returned :class:`Decision`, so the same curves give the same decisions on either back end.
 
-Rules, in order (``t`` = readings of the trial so far, peers = other trials' curves cut to their
-first ``t`` readings, only those that reached epoch ``t`` with finite gains):
+**Epochs are numbers, not counts.** A trial is judged at its latest epoch number ``e`` (the
+last of ``epochs``; ``1..t`` when a curve comes without them), and a peer is compared at the
+same epoch numbers: its gains at the trial's measured epochs (a peer missing one of them is left
+out of the curve comparison) and its reported value at ``e`` (a peer without one is left out of
+the percentile rule). A trial that measures every second epoch is thus compared with its peers'
+epochs 2, 4, 6, ..., whatever their own stride. A peer is a mapping ``{epoch: value}`` or a
+sequence, whose entries are epochs ``1, 2, ...`` (see :func:`by_epoch`).
+
+Rules, in order:
 
 1. a non-finite gain, or a diverged flag from the trainer -> prune (``diverged``), at once,
-   warm-up or not;
-2. ``t < warmup_epochs`` -> continue (``warmup``);
+   grace period or not;
+2. ``e < grace_period`` -> continue (``grace_period``);
 3. fewer than ``min_peers`` peers -> continue (``few_peers``);
 4. too variable -> prune (``too_variable``: learning rate too high). This is the diagnosis's
    own definition (:func:`gainsearch.core.features.variability_check`): variability of the
@@ -33,13 +40,14 @@ non-finite gains before epoch ``t`` are left out of the comparison.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from gainsearch.core.features import (
+    DIVERGED,
     CurveFeatures,
     DiagnosisConfig,
     VariabilityCheck,
@@ -53,16 +61,17 @@ __all__ = [
     "CONTINUE",
     "DIVERGED",
     "FEW_PEERS",
+    "GRACE_PERIOD",
     "TOO_VARIABLE",
-    "WARMUP",
     "Decision",
     "DecisionConfig",
-    "DecisionSettings",
+    "Series",
+    "align",
+    "by_epoch",
     "decide",
 ]
 
-DIVERGED = "diverged"
-WARMUP = "warmup"
+GRACE_PERIOD = "grace_period"
 FEW_PEERS = "few_peers"
 TOO_VARIABLE = "too_variable"
 BELOW_PERCENTILE = "below_percentile"
@@ -80,8 +89,8 @@ class DecisionConfig:
     regret 0.39 and 0.00 points.
 
     Attributes:
-        warmup_epochs: Readings before a trial may be pruned for anything but divergence
-            (Ray Tune's ``grace_period``); 1 = judged from the first reading.
+        grace_period: The first epoch (number) at which a trial may be pruned for anything but
+            divergence (Ray Tune's ``grace_period``); 1 = judged from the first reading.
         min_peers: Peers that reached the same epoch needed before comparing.
         percentile: Prune when the score is below this percentile of the peers' (0-100).
         variability_factor: Too variable above this multiple of the peers' median variability
@@ -93,7 +102,7 @@ class DecisionConfig:
         diagnosis: Feature windows and the "too variable" thresholds.
     """
 
-    warmup_epochs: int = 1
+    grace_period: int = 1
     min_peers: int = 3
     percentile: float = 50.0
     variability_factor: float | None = None
@@ -123,7 +132,7 @@ class DecisionConfig:
         object.__setattr__(self, "diagnosis", diagnosis)
         object.__setattr__(self, "variability_factor", diagnosis.peer_factor)
         object.__setattr__(self, "min_variability", diagnosis.min_high_variability)
-        for name in ("warmup_epochs", "min_peers"):
+        for name in ("grace_period", "min_peers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, but got {name}={value!r}.")
@@ -132,61 +141,73 @@ class DecisionConfig:
             raise ValueError(f"percentile must be between 0 and 100 inclusive, but got {p=}.")
 
 
-class DecisionSettings:
-    """The decision core's settings as keyword arguments, shared by the adapters that decide
-    (``GainPruner``, ``GainScheduler``): ``config`` gives them all at once. Each adapter keeps
-    the latest evaluation of each trial in :attr:`evaluations`.
+Series = Sequence[float] | np.ndarray | Mapping[int, float]
+"""Per-epoch values: ``{epoch: value}``, or a sequence whose entries are epochs 1, 2, ..."""
 
-    Args:
-        warmup_epochs: Epochs before pruning for anything but divergence.
-        min_peers: Peers needed before comparing.
-        percentile: Score percentile of the peers below which a trial is pruned (0-100).
-        variability_factor: Multiple of the peers' median variability that is "too high".
-        min_variability: Variability floor (dB/epoch), and the fall (dB) a jagged curve shows.
-        config: A complete :class:`DecisionConfig` instead of the arguments above.
-    """
 
-    def __init__(
-        self,
-        *,
-        warmup_epochs: int = 1,
-        min_peers: int = 3,
-        percentile: float = 50.0,
-        variability_factor: float | None = None,
-        min_variability: float | None = None,
-        config: DecisionConfig | None = None,
-    ) -> None:
-        self.config = config or DecisionConfig(
-            warmup_epochs=warmup_epochs,
-            min_peers=min_peers,
-            percentile=percentile,
-            variability_factor=variability_factor,
-            min_variability=min_variability,
-        )
-        #: trial -> its latest evaluation (:class:`gainsearch.core.evaluation.Evaluation`)
-        self.evaluations: dict[Any, Any] = {}
+def by_epoch(series: Series) -> dict[int, float]:
+    """``series`` as ``{epoch number: value}`` (a sequence's entries are epochs 1, 2, ...)."""
+    if isinstance(series, Mapping):
+        return {int(k): float(v) for k, v in series.items()}
+    values = np.asarray(series, dtype=np.float64).ravel()
+    return {i + 1: float(v) for i, v in enumerate(values)}
+
+
+def align(peers: Sequence[Series], epochs: Sequence[int]) -> list[dict[int, float]]:
+    """Each peer's readings at ``epochs``, for the peers that have a finite reading at every
+    one of them (the others cannot be compared there)."""
+    out = []
+    for peer in peers:
+        values = by_epoch(peer)
+        head = {int(e): values.get(int(e), math.nan) for e in epochs}
+        if all(math.isfinite(v) for v in head.values()):
+            out.append(head)
+    return out
 
 
 @dataclass(frozen=True)
 class Decision:
-    """Whether to prune, which rule decided, and a human-readable reason."""
+    """Whether to prune, which rule decided, and a human-readable reason.
+
+    Attributes:
+        prune: Prune (stop) the trial.
+        rule: The rule that decided (``diverged``, ``grace_period``, ``few_peers``,
+            ``too_variable``, ``below_percentile``, ``continue``).
+        reason: One sentence saying why.
+        epoch: The epoch number judged.
+        value: The number the percentile rule compares: the study's metric as reported (in the
+            direction "higher is better"), or the gain score when no metric was given.
+        peers: Peers compared.
+    """
 
     prune: bool
     rule: str
     reason: str
     epoch: int
-    score: float = math.nan
+    value: float = math.nan
     peers: int = 0
+
+    @property
+    def score(self) -> float:
+        """Deprecated name of :attr:`value` (the number the rules compared)."""
+        warnings.warn(
+            "Decision.score is renamed Decision.value (the number compared: the study's metric, "
+            "or the gain score without one).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.value
 
 
 def decide(
     curve: Sequence[float] | np.ndarray,
-    peers: Sequence[Sequence[float] | np.ndarray] = (),
+    peers: Sequence[Series] = (),
     *,
+    epochs: Sequence[int] | None = None,
     config: DecisionConfig | None = None,
     diverged: bool = False,
-    values: Sequence[float] | np.ndarray | None = None,
-    peer_values: Sequence[Sequence[float] | np.ndarray] | None = None,
+    values: Series | None = None,
+    peer_values: Sequence[Series] | None = None,
     features: CurveFeatures | None = None,
     metric: str = "score",
     variability: VariabilityCheck | None = None,
@@ -194,16 +215,18 @@ def decide(
     """Decide whether the trial with gain ``curve`` continues, against its ``peers``.
 
     Args:
-        curve: The trial's gains (dB), one per epoch so far.
-        peers: Other trials' gain curves (any lengths).
+        curve: The trial's gains (dB), one per measured epoch so far.
+        peers: Other trials' gain curves (:data:`Series`: ``{epoch: gain}`` or epochs 1, 2, ...),
+            compared at this trial's epoch numbers.
+        epochs: The epoch numbers of ``curve`` (strictly increasing; default ``1..t``).
         config: Thresholds.
         diverged: The trainer saw a non-finite training loss.
-        values: The objective the study optimises, one value per epoch so far, higher is
-            better (e.g. :func:`gainsearch.core.objective.trial_score` of each epoch's history). The
-            percentile rule compares ``values[t - 1]`` with the peers' value at epoch ``t``.
+        values: The objective the study optimises, by epoch (:data:`Series`), higher is better
+            (e.g. :func:`gainsearch.core.objective.trial_score` of each epoch's history). The
+            percentile rule compares its value at the last epoch ``e`` with the peers' at ``e``.
             ``None``: the gain score of ``curve`` and of the peers' curves.
-        peer_values: Other trials' values per epoch (any lengths; needed with ``values``). Peers
-            without a finite value at epoch ``t`` are left out of the percentile rule.
+        peer_values: Other trials' values by epoch (needed with ``values``). Peers without a
+            finite value at ``e`` are left out of the percentile rule.
         features: The features of ``curve`` (same diagnosis config), when already computed.
         metric: The name of ``values`` in the reasons.
         variability: The "too variable" verdict of ``curve`` against the same ``peers``, when
@@ -214,57 +237,57 @@ def decide(
     cfg = config or DecisionConfig()
     gains = np.asarray(curve, dtype=np.float64).ravel()
     t = int(gains.size)
+    numbers = [int(e) for e in epochs] if epochs is not None else list(range(1, t + 1))
+    if len(numbers) != t:
+        raise ValueError(
+            f"epochs must have one entry per reading ({t}), but got {len(numbers)}: {numbers!r}."
+        )
+    e = numbers[-1] if numbers else 0  # the epoch judged
     if diverged or not np.all(np.isfinite(gains)):
         bad = np.flatnonzero(~np.isfinite(gains))
-        at = int(bad[0]) + 1 if bad.size else t
+        at = numbers[int(bad[0])] if bad.size else e
         what = "gain" if bad.size else "training loss"
-        return Decision(True, DIVERGED, f"diverged: the {what} became non-finite at epoch {at}", t)
-    feats = features or compute_features(gains, config=cfg.diagnosis)
+        return Decision(True, DIVERGED, f"diverged: the {what} became non-finite at epoch {at}", e)
+    feats = features or compute_features(gains, epochs=numbers, config=cfg.diagnosis)
     score = gain_score(feats, config=cfg.score) if t else math.nan
-    if t < cfg.warmup_epochs:
-        return Decision(False, WARMUP, f"warm-up: epoch {t} of {cfg.warmup_epochs}", t, score)
-    heads = []
-    for peer in peers:
-        head = np.asarray(peer, dtype=np.float64).ravel()[:t]
-        if head.size == t and np.all(np.isfinite(head)):
-            heads.append(head)
+    if e < cfg.grace_period:
+        reason = f"grace period: epoch {e} of {cfg.grace_period}"
+        return Decision(False, GRACE_PERIOD, reason, e, score)
+    heads = [np.asarray(list(head.values())) for head in align(peers, numbers)]
     n = len(heads)
     if n < cfg.min_peers:
-        reason = f"{n} peer(s) reached epoch {t}; {cfg.min_peers} are needed to compare"
-        return Decision(False, FEW_PEERS, reason, t, score, n)
+        reason = f"{n} peer(s) reached epoch {e}; {cfg.min_peers} are needed to compare"
+        return Decision(False, FEW_PEERS, reason, e, score, n)
     check = variability or variability_check(
         gains, heads, config=cfg.diagnosis, min_peers=cfg.min_peers, features=feats
     )
     if check.too_variable:
         reason = (
-            f"learning rate too high: variability {feats.variability:.2f} dB/epoch at epoch {t} "
+            f"learning rate too high: variability {feats.variability:.2f} dB/epoch at epoch {e} "
             f"is above {cfg.diagnosis.peer_factor:g}x the median of {n} peers (high is > "
             f"{check.threshold:.2f}) and the gain fell {check.fall:.2f} dB"
         )
-        return Decision(True, TOO_VARIABLE, reason, t, score, n)
+        return Decision(True, TOO_VARIABLE, reason, e, score, n)
     what, fmt = "gain score", ".2f"
     if values is None or peer_values is None:
         peer_scores = [gain_score(h, config=cfg.score, diagnosis=cfg.diagnosis) for h in heads]
     else:
         what, fmt = metric, ".3g"
-        own = np.asarray(values, dtype=np.float64).ravel()
-        score = float(own[t - 1]) if own.size >= t else math.nan
+        score = by_epoch(values).get(e, math.nan)
         peer_scores = [
-            float(p[t - 1])
-            for p in (np.asarray(v, dtype=np.float64).ravel() for v in peer_values)
-            if p.size >= t and math.isfinite(float(p[t - 1]))
+            v for v in (by_epoch(p).get(e, math.nan) for p in peer_values) if math.isfinite(v)
         ]
         n = len(peer_scores)
         if n < cfg.min_peers or not math.isfinite(score):
-            reason = f"{n} peer(s) have a score at epoch {t}; {cfg.min_peers} are needed"
-            return Decision(False, FEW_PEERS, reason, t, score, n)
+            reason = f"{n} peer(s) have a {metric} at epoch {e}; {cfg.min_peers} are needed"
+            return Decision(False, FEW_PEERS, reason, e, score, n)
     cutoff = float(np.percentile(peer_scores, cfg.percentile))
     if score < cutoff:
         reason = (
-            f"{what} {score:{fmt}} at epoch {t} is below the {cfg.percentile:g}th percentile "
+            f"{what} {score:{fmt}} at epoch {e} is below the {cfg.percentile:g}th percentile "
             f"of {n} peers ({cutoff:{fmt}})"
         )
-        return Decision(True, BELOW_PERCENTILE, reason, t, score, n)
+        return Decision(True, BELOW_PERCENTILE, reason, e, score, n)
     return Decision(
-        False, CONTINUE, f"{what} {score:{fmt}} at epoch {t} is within its peers", t, score, n
+        False, CONTINUE, f"{what} {score:{fmt}} at epoch {e} is within its peers", e, score, n
     )

@@ -8,6 +8,11 @@ decision taken on it come from the same features of the same curve, against the 
     curve, training losses, peers, config
         -> features -> trial score, gain score -> diagnosis -> decision
 
+**Epochs are numbers.** A trial is evaluated at its latest epoch number (the last of
+``epochs``) and compared with its peers at the same epoch numbers (see
+:mod:`gainsearch.core.decision`), so a loop that measures every second epoch, or first reports
+after epoch 1, is judged as one that measures every epoch would be at those epochs.
+
 **Peers** are the other trials of the study that reached this epoch, whatever became of them
 since: finished (complete or pruned) or still running. Both back ends use this set (Optuna's
 ``GainPruner`` reads them from the study, Ray's ``GainScheduler`` from the results it has seen):
@@ -25,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from gainsearch.core.decision import Decision, DecisionConfig, decide
-from gainsearch.core.features import CurveFeatures, Diagnosis, diagnose
+from gainsearch.core.decision import Decision, DecisionConfig, Series, align, by_epoch, decide
+from gainsearch.core.features import DIVERGED, CurveFeatures, Diagnosis, diagnose
 from gainsearch.core.objective import METRICS, TrialScoreConfig, curve_metric, gain_score
 
 __all__ = ["Evaluation", "evaluate"]
@@ -37,7 +42,7 @@ class Evaluation:
     """A trial at one epoch: what it reports, how it is diagnosed and whether it goes on.
 
     Attributes:
-        epoch: Readings so far (the epoch judged).
+        epoch: The epoch number judged (the last measured).
         features: Features of the gain curve.
         trial_score: :func:`gainsearch.trial_score` (``nan`` without training losses).
         gain_score: The gain score of the curve.
@@ -65,7 +70,7 @@ class Evaluation:
             return self.gain_score
         if name not in METRICS:
             raise ValueError(f"Unknown metric {name!r}; available metrics are {list(METRICS)}.")
-        if self.features.diverged or self.decision.rule == "diverged":
+        if self.features.diverged or self.decision.rule == DIVERGED:
             return math.nan
         return float(getattr(self.features, name))
 
@@ -102,8 +107,8 @@ def evaluate(
     *,
     train_loss: Sequence[float] | None = None,
     epochs: Sequence[int] | None = None,
-    peers: Sequence[Sequence[float] | np.ndarray] = (),
-    peer_values: Sequence[Sequence[float] | np.ndarray] | None = None,
+    peers: Sequence[Series] = (),
+    peer_values: Sequence[Series] | None = None,
     metric: str = "trial_score",
     mode: str = "max",
     value: float | None = None,
@@ -117,10 +122,12 @@ def evaluate(
         curve: The trial's gains (dB), one per epoch so far.
         train_loss: The training loss of every epoch so far (one per reading; needed for
             ``trial_score``, and it sharpens the diagnosis).
-        epochs: The epoch numbers of ``curve`` (default ``1..t``).
-        peers: The gain curves of the other trials (the peer set of the module docstring).
-        peer_values: Their ``metric`` per epoch, as reported (in the study's direction). With
-            them the percentile rule compares ``metric``; without them the gain scores.
+        epochs: The epoch numbers of ``curve`` (strictly increasing; default ``1..t``).
+        peers: The gain curves of the other trials (the peer set of the module docstring), each
+            ``{epoch: gain}`` or a sequence for epochs 1, 2, ...; compared at ``epochs``.
+        peer_values: Their ``metric`` by epoch, as reported (in the study's direction), in the
+            same form. With them the percentile rule compares ``metric`` at the last epoch;
+            without them the gain scores.
         metric: One of :data:`gainsearch.core.objective.METRICS` (any name with ``value``).
         mode: ``"max"`` or ``"min"``: the direction the study optimises ``metric`` in.
         value: This epoch's value of ``metric`` as the trial reported it (default: computed
@@ -145,15 +152,16 @@ def evaluate(
             "training loss of every measured epoch."
         )
     t = len(gains)
+    numbers = [int(e) for e in epochs] if epochs is not None else list(range(1, t + 1))
+    e = numbers[-1] if numbers else 0
+    aligned = align(peers, numbers) if len(numbers) == t else []  # else diagnose raises
     diag = diagnose(
         gains,
-        peers=peers,
-        epochs=epochs,
+        peers=[list(head.values()) for head in aligned],  # the peers at this trial's epochs
+        epochs=numbers,
         config=cfg.diagnosis,
         min_peers=cfg.min_peers,
-        diverged_epoch=(int(epochs[-1]) if epochs is not None and len(epochs) else t)
-        if diverged
-        else None,
+        diverged_epoch=e if diverged else None,
         train_loss=losses,
     )
     feats = diag.features
@@ -172,12 +180,13 @@ def evaluate(
     value = float(value)
     sign = -1.0 if mode == "min" else 1.0
     own = None
-    if peer_values is not None:  # this epoch's value joins the values reported before
-        own = [math.nan] * (t - 1) + [sign * value]
-        peer_values = [[sign * float(v) for v in p] for p in peer_values]
+    if peer_values is not None:  # this epoch's value, against the peers' at the same epoch
+        own = {e: sign * value}
+        peer_values = [{k: sign * v for k, v in by_epoch(p).items()} for p in peer_values]
     decision = decide(
         gains,
-        peers,
+        aligned,
+        epochs=numbers,
         config=cfg,
         diverged=diverged,
         values=own,
@@ -187,7 +196,7 @@ def evaluate(
         variability=diag.variability,  # computed once, for the diagnosis and the decision
     )
     return Evaluation(
-        epoch=t,
+        epoch=e,
         features=feats,
         trial_score=score,
         gain_score=gscore,

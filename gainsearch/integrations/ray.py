@@ -21,10 +21,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from gainsearch.core.decision import DecisionConfig, DecisionSettings
-from gainsearch.core.evaluation import evaluate
+from gainsearch.core.decision import DIVERGED, DecisionConfig
+from gainsearch.core.evaluation import Evaluation, evaluate
 from gainsearch.core.monitor import GainMonitor
 from gainsearch.core.objective import ScoreConfig, TrialScoreConfig
+from gainsearch.integrations._settings import decision_config
 
 try:
     from ray import tune
@@ -44,7 +45,7 @@ TRIAL_SCORE = "trial_score"
 SCORE = "gain_score"
 
 
-class GainScheduler(DecisionSettings, FIFOScheduler):
+class GainScheduler(FIFOScheduler):
     """Stop trials on their gain curve against their peers at the same epoch.
 
     A thin adapter over :func:`gainsearch.core.evaluation.evaluate`: diverged trials are stopped
@@ -58,19 +59,21 @@ class GainScheduler(DecisionSettings, FIFOScheduler):
 
     Each result must carry ``epoch`` and ``gain`` (and may carry ``train_loss`` and
     ``diverged``), as :func:`report_gain` reports. A result without them is an error listing the
-    keys it has. A restarted trial that reports an epoch again replaces its curve from that
-    epoch on.
+    keys it has. ``epoch`` is the epoch number (Tune's ``time_attr``): a trainable may report
+    every k-th epoch, or first after epoch 1, and is compared with its peers at the same epoch
+    numbers. A restarted trial that reports an epoch again replaces its curve from that epoch
+    on.
 
     Args:
-        grace_period: Epochs before stopping for anything but divergence (the decision core's
-            ``warmup_epochs``).
+        grace_period: The first epoch at which a trial may be stopped for anything but
+            divergence.
         metric: The result key Tune optimises (set here or once in ``TuneConfig``): the
             percentile rule compares its value with the peers' at the same epoch (results
             without it: the gain score of the curves).
         mode: ``"max"`` or ``"min"`` for ``metric``.
-        **settings: The other settings of
-            :class:`~gainsearch.core.decision.DecisionSettings` (``min_peers``, ``percentile``,
-            ``variability_factor``, ``min_variability``, or a whole ``config``).
+        **settings: The decision core's other settings (``min_peers``, ``percentile``,
+            ``variability_factor``, ``min_variability``, or a whole ``config``), as
+            :class:`~gainsearch.integrations.optuna.GainPruner` takes them.
     """
 
     def __init__(
@@ -90,14 +93,21 @@ class GainScheduler(DecisionSettings, FIFOScheduler):
             raise ValueError(
                 f"grace_period must be an integer >= 1, but got grace_period={grace_period!r}."
             )
-        DecisionSettings.__init__(self, warmup_epochs=grace_period, **settings)
+        self.config = decision_config(grace_period=grace_period, **settings)
         self._metric = metric
         self._mode = mode
-        #: trial id -> per epoch: gain, training loss, the optimised metric (as reported)
-        self.curves: dict[str, list[float]] = {}
-        self.losses: dict[str, list[float]] = {}
-        self.values: dict[str, list[float]] = {}
+        #: trial id -> {epoch: value}: gain, training loss, the optimised metric (as reported)
+        self.curves: dict[str, dict[int, float]] = {}
+        self.losses: dict[str, dict[int, float]] = {}
+        self.values: dict[str, dict[int, float]] = {}
+        #: trial id -> its latest evaluation
+        self.evaluations: dict[str, Evaluation] = {}
         self.stop_reasons: dict[str, str] = {}
+
+    @property
+    def mode(self) -> str | None:
+        """``"max"`` or ``"min"`` for :attr:`metric` (``None`` until set)."""
+        return self._mode
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         if self._metric and metric and metric != self._metric:
@@ -129,14 +139,16 @@ class GainScheduler(DecisionSettings, FIFOScheduler):
     def observe(self, trial_id: str, result: dict[str, Any]) -> bool:
         """Record and evaluate one result of ``trial_id``; True when the trial should stop."""
         _, has_metric = self.record(trial_id, result)
-        losses = self.losses[trial_id]
+        curve = self.curves[trial_id]
+        losses = list(self.losses[trial_id].values())
         others = [tid for tid in self.curves if tid != trial_id]
         metric = str(self._metric) if has_metric else "score"
         evaluation = evaluate(
-            self.curves[trial_id],
+            list(curve.values()),
+            epochs=list(curve),
             train_loss=losses if all(math.isfinite(v) for v in losses) else None,
             peers=[self.curves[tid] for tid in others],
-            peer_values=[self.values.get(tid, []) for tid in others] if has_metric else None,
+            peer_values=[self.values.get(tid, {}) for tid in others] if has_metric else None,
             metric=metric,
             mode=self._mode or "max",
             value=_number(result[metric]) if has_metric else None,
@@ -167,13 +179,23 @@ class GainResults(tune.Callback):
             callback evaluates the results itself against the same peers, for the diagnosis,
             and records a stop before ``budget`` epochs as rule ``pruner``.
         budget: The epoch budget (for stops by other schedulers).
+        metric: With another scheduler: the metric it compares (default: its public
+            ``metric``), for the diagnosis's percentile rule.
+        mode: With another scheduler: ``"max"`` or ``"min"`` for ``metric``.
     """
 
-    def __init__(self, scheduler: Any = None, budget: int | None = None) -> None:
+    def __init__(
+        self,
+        scheduler: Any = None,
+        budget: int | None = None,
+        *,
+        metric: str | None = None,
+        mode: str | None = None,
+    ) -> None:
         self.gain = scheduler if isinstance(scheduler, GainScheduler) else None
-        self.book = self.gain or GainScheduler(
-            metric=getattr(scheduler, "_metric", None), mode=getattr(scheduler, "_mode", None)
-        )
+        if self.gain is None and scheduler is not None and metric is None:
+            metric = getattr(scheduler, "metric", None)  # TrialScheduler's public property
+        self.book = self.gain or GainScheduler(metric=metric, mode=mode)
         self.name = type(scheduler).__name__ if scheduler is not None else "no"
         self.budget = budget
 
@@ -188,7 +210,7 @@ class GainResults(tune.Callback):
         if evaluation is None:
             return
         record = evaluation.record()
-        if self.gain is None and evaluation.decision.rule != "diverged":
+        if self.gain is None and evaluation.decision.rule != DIVERGED:
             # the diagnosis is ours, the decision (but divergence) another scheduler's
             record.pop("prune_rule", None)
             record.pop("prune_reason", None)
@@ -201,12 +223,13 @@ class GainResults(tune.Callback):
         result.update(record)
 
 
-def _extend(store: dict[str, list[float]], trial_id: str, epoch: int, value: Any) -> list[float]:
-    """``store[trial_id]`` cut to ``epoch - 1`` readings (a restarted trial reports an epoch
-    again), then ``value`` (``None`` -> NaN) for ``epoch``."""
-    series = store.get(trial_id, [])[: epoch - 1]
-    series += [math.nan] * (epoch - 1 - len(series))  # never happens with our trainable
-    series.append(_number(value))
+def _extend(
+    store: dict[str, dict[int, float]], trial_id: str, epoch: int, value: Any
+) -> dict[int, float]:
+    """``store[trial_id]`` without its readings from ``epoch`` on (a restarted trial reports an
+    epoch again), then ``value`` (``None`` -> NaN) at ``epoch``."""
+    series = {e: v for e, v in store.get(trial_id, {}).items() if e < epoch}
+    series[epoch] = _number(value)
     store[trial_id] = series
     return series
 

@@ -135,12 +135,12 @@ def make_scheduler(spec: ExperimentSpec) -> TrialScheduler:
     d = spec.decision
     if spec.pruner == "median":
         return MedianStoppingRule(
-            time_attr="epoch", grace_period=d.warmup_epochs, min_samples_required=d.min_peers
+            time_attr="epoch", grace_period=d.grace_period, min_samples_required=d.min_peers
         )
     if spec.pruner == "asha":
         return ASHAScheduler(
             time_attr="epoch",
-            grace_period=d.warmup_epochs,
+            grace_period=d.grace_period,
             max_t=int(spec.train.get("epochs", TrainConfig().epochs)),
         )
     if spec.pruner == "none":

@@ -21,7 +21,7 @@ hyperparameters and configures the objective and the pruner::
       variability_weight: 1.0       # the gain score's weight
     pruner:
       type: gain                    # gain | median | asha | none
-      warmup_epochs: 1              # the decision core's settings (gainsearch.core.decision)
+      grace_period: 1               # the decision core's settings (gainsearch.core.decision)
       min_peers: 3
       percentile: 50
       variability_factor: 3.0
@@ -37,6 +37,7 @@ search space into Optuna suggestions, ``to_ray`` into Ray Tune domains (imported
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -166,7 +167,7 @@ class ExperimentSpec:
             },
             "pruner": {
                 "type": self.pruner,
-                "warmup_epochs": decision.warmup_epochs,
+                "grace_period": decision.grace_period,
                 "min_peers": decision.min_peers,
                 "percentile": decision.percentile,
                 "variability_factor": decision.variability_factor,
@@ -382,8 +383,24 @@ def parse_spec(data: Mapping[str, Any]) -> ExperimentSpec:
         raise SpecError(f"objective.{err}") from err
 
     pruner_raw = _mapping("pruner", data.get("pruner", {}))
+    if "warmup_epochs" in pruner_raw:  # the name before grace_period (train has its own)
+        if "grace_period" in pruner_raw:
+            raise SpecError(
+                "pruner.warmup_epochs is the old name of pruner.grace_period: give one, not both "
+                f"(got warmup_epochs={pruner_raw['warmup_epochs']!r}, "
+                f"grace_period={pruner_raw['grace_period']!r})."
+            )
+        warnings.warn(
+            "pruner.warmup_epochs is deprecated: it is now pruner.grace_period (Ray Tune's name; "
+            "train.warmup_epochs is the learning-rate warm-up).",
+            FutureWarning,
+            stacklevel=2,
+        )
+        pruner_raw = {
+            ("grace_period" if k == "warmup_epochs" else k): v for k, v in pruner_raw.items()
+        }
     decision_keys = (
-        "warmup_epochs",
+        "grace_period",
         "min_peers",
         "percentile",
         "variability_factor",

@@ -105,10 +105,10 @@ def make_pruner(spec: ExperimentSpec) -> BasePruner:
             "single-objective); use 'gain' or 'none' with several metrics."
         )
     if spec.pruner == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.decision.warmup_epochs)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.decision.grace_period)
     if spec.pruner == "median":
         return optuna.pruners.MedianPruner(
-            n_startup_trials=spec.decision.min_peers, n_warmup_steps=spec.decision.warmup_epochs
+            n_startup_trials=spec.decision.min_peers, n_warmup_steps=spec.decision.grace_period
         )
     return GainPruner(config=spec.decision)
 
