@@ -10,8 +10,8 @@ from gainsearch.core.decision import (
     CONTINUE,
     DIVERGED,
     FEW_PEERS,
-    TOO_VARIABLE,
     GRACE_PERIOD,
+    TOO_VARIABLE,
     DecisionConfig,
     decide,
 )
