@@ -79,6 +79,40 @@ def test_a_diverging_trial_is_pruned_with_its_reason(digits: TensorData, tmp_pat
     assert fit.current_epoch < 5  # the trainer stopped early
     with pytest.raises(optuna.TrialPruned, match="diverged"):
         callback.check_pruned()
+    assert callback.stopped is not None and callback.stopped.rule == "diverged"  # the rule kept
+
+
+def test_measuring_every_second_epoch_reports_epoch_numbers(
+    digits: TensorData, tmp_path: Path
+) -> None:
+    study = optuna.create_study(direction="maximize", pruner=GainPruner())
+    callback = GainCallback(trial=study.ask(), every_n_epochs=2)
+    torch.manual_seed(0)
+    trainer(4, [callback], tmp_path).fit(Tiny(0.05), loader(digits))
+    frozen = study.trials[0]
+    assert sorted(frozen.intermediate_values) == [2, 4]  # steps are the epoch numbers
+    assert frozen.user_attrs["gain_epochs"] == [2, 4]
+    assert callback.monitor is not None and callback.monitor.epochs == [2, 4]
+    assert sorted(callback.epoch_losses) == [2, 4]
+
+
+def test_two_callbacks_share_a_trainer_and_its_checkpoints(
+    digits: TensorData, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    mean, winner = GainCallback(target="all", log=False), GainCallback(target="winner", log=False)
+    assert mean.state_key != winner.state_key
+    trainer(2, [mean, winner, ckpt], tmp_path).fit(Tiny(0.05), loader(digits))
+    again = GainCallback(target="all", log=False), GainCallback(target="winner", log=False)
+    ckpt2 = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt2", save_last=True)
+    trainer(3, [*again, ckpt2], tmp_path).fit(
+        Tiny(0.05), loader(digits), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
+    )
+    for before, after in zip((mean, winner), again, strict=True):
+        assert before.monitor is not None and after.monitor is not None
+        assert after.monitor.epochs == [1, 2, 3]
+        assert list(after.monitor.gains[:2]) == list(before.monitor.gains)
 
 
 def test_a_resumed_fit_continues_the_curve(digits: TensorData, tmp_path: Path) -> None:
@@ -118,6 +152,13 @@ def test_bad_arguments_are_clear_errors() -> None:
         GainCallback(target="best")
     with pytest.raises(ValueError, match=r"in_shape must be three positive integers"):
         GainCallback(in_shape=(8, 8))
+    # checked at construction, before any epoch
+    with pytest.raises(ValueError, match=r"metric must be one of \['trial_score'.*metric='loss'"):
+        GainCallback(metric="loss")
+    with pytest.raises(ValueError, match=r"every_n_epochs must be an integer >= 1, but got"):
+        GainCallback(every_n_epochs=0)
+    with pytest.raises(ValueError, match=r"smoothing must be a non-negative number"):
+        GainCallback(smoothing=-1.0)
 
 
 def test_ddp_rank_zero_measures_and_every_rank_decides_alike(tmp_path: Path) -> None:
@@ -184,9 +225,10 @@ def test_inside_ray_tune_the_gain_scheduler_decides(tmp_path: Path) -> None:
     try:
         grid = tune.Tuner(
             ray_fit,
-            # one at a time, the diverging rate first: it has no peers to be compared with, so
-            # only the divergence (non-finite at epoch 2) can stop it
-            param_space={"lr": tune.grid_search([1e4, 0.05]), "root": str(tmp_path)},
+            # one at a time: the good rate first, then a rate too low to learn in an epoch,
+            # which only the scheduler can stop (the callback stops nothing but divergence),
+            # then a diverging one
+            param_space={"lr": tune.grid_search([0.05, 1e-5, 1e4]), "root": str(tmp_path)},
             tune_config=tune.TuneConfig(
                 scheduler=scheduler, metric="trial_score", mode="max", max_concurrent_trials=1
             ),
@@ -197,9 +239,11 @@ def test_inside_ray_tune_the_gain_scheduler_decides(tmp_path: Path) -> None:
             ray.shutdown()
     assert not grid.errors, grid.errors
     by_lr = {r.config["lr"]: r for r in grid}
-    good, bad = by_lr[0.05], by_lr[1e4]
+    good, slow, bad = by_lr[0.05], by_lr[1e-5], by_lr[1e4]
     assert good.metrics["epoch"] == 3 and math.isfinite(good.metrics["trial_score"])
+    assert slow.metrics["epoch"] < 3  # stopped by the scheduler: STOP reached the trial
+    assert "below the 50th percentile" in scheduler.stop_reasons[slow.metrics["trial_id"]]
     assert {"gain", "trial_score", "gain_score", "level", "diagnosis"} <= set(good.metrics)
     assert good.checkpoint is not None  # ray_checkpoint: the Lightning checkpoint went along
-    assert bad.metrics["epoch"] < 3 and bad.metrics["diverged"]
-    assert "diverged" in scheduler.stop_reasons[bad.metrics["trial_id"]]
+    assert bad.metrics["epoch"] < 3  # stopped by the scheduler too (below its peers or diverged)
+    assert bad.metrics["trial_id"] in scheduler.stop_reasons

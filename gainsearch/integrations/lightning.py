@@ -12,6 +12,10 @@ end, so a run without a validation loop, the run this library is for, is never p
     trainer.fit(model, train_loader)
     callback.check_pruned()                        # raises optuna.TrialPruned with the reason
 
+Without ``trial=`` or ``ray_tune=True`` the callback measures and logs, and stops the fit only
+when the trial diverges (a non-finite training loss or gain): the gain is then a logged metric
+like any other, for ``EarlyStopping``, ``ModelCheckpoint`` and the loggers.
+
 The training loss of an epoch is the mean of what ``training_step`` returned (its ``loss``),
 weighted by batch size, reduced over processes: the same quantity the built-in trainer records.
 Under DDP the gain is measured on rank 0 only and every rank receives the same values and the
@@ -27,10 +31,11 @@ from typing import Any
 
 import torch
 
+from gainsearch.core.decision import DIVERGED, Decision
 from gainsearch.core.evaluation import evaluate
 from gainsearch.core.monitor import GainMonitor
-from gainsearch.core.objective import TrialScoreConfig
-from gainsearch.core.spectral import Target
+from gainsearch.core.objective import METRICS, TrialScoreConfig
+from gainsearch.core.spectral import Target, _check_in_shape, _check_target
 
 try:
     import lightning.pytorch as pl
@@ -48,32 +53,54 @@ LOGGED = ("gain", "trial_score", "level", "trend", "variability")
 
 
 class GainCallback(pl.Callback):
-    """Measure the gain every training epoch; log it; report to Optuna or Ray Tune; prune.
+    """Measure the gain every ``every_n_epochs`` training epochs; log it; report to Optuna or
+    Ray Tune; stop the fit when the decision says so.
+
+    Each measured epoch is two steps, as in Lightning's ``EarlyStopping``: :meth:`decide`
+    measures, evaluates and reports, and returns the :class:`~gainsearch.core.decision.Decision`
+    (prune or not, its rule and reason); the hook acts on it (``trainer.should_stop``) and keeps
+    it in :attr:`stopped` (``None`` while the fit goes on).
+
+    What decides:
+
+    * ``trial=``: the study's pruner, through
+      :func:`gainsearch.integrations.optuna.report_epoch` (a ``GainPruner`` asks the same
+      decision core as the built-in back end);
+    * ``ray_tune=True``: the Ray Tune scheduler stops the trial (a ``GainScheduler`` with
+      ``metric="trial_score"``); the callback itself stops only a diverged trial;
+    * neither: the callback logs and stops only a diverged trial.
 
     Args:
-        trial: An ``optuna.Trial``: each epoch is reported with
-            :func:`gainsearch.integrations.optuna.report_gain` (the study's pruner decides; a
-            ``GainPruner`` asks the same decision core as the built-in back end). A pruned trial
-            stops the trainer at the end of that epoch; call :meth:`check_pruned` after
-            ``fit`` to raise ``optuna.TrialPruned`` with the reason.
-        ray_tune: Report each epoch with :func:`gainsearch.integrations.ray.report_gain`
-            (call ``fit`` inside a Ray Tune function trainable; a ``GainScheduler`` with
-            ``metric="trial_score"`` then stops bad trials).
+        trial: An ``optuna.Trial``. A pruned trial stops the trainer at the end of that epoch;
+            call :meth:`check_pruned` after ``fit`` to raise ``optuna.TrialPruned`` with the
+            reason.
+        ray_tune: Report each measured epoch with
+            :func:`gainsearch.integrations.ray.report_gain` (call ``fit`` inside a Ray Tune
+            function trainable).
         ray_checkpoint: With ``ray_tune``, also report the trainer's checkpoint (written to a
             temporary folder with ``trainer.save_checkpoint``) so Tune can restore the trial.
             The Ray path is for single-process fits (Tune runs one trial per process; use Ray
             Train for distributed trials).
         in_shape: ``(C, H, W)`` of the probe; default: the shape of the first training batch's
             inputs (the first tensor of the batch).
-        target: ``"all"`` (class mean, default), ``"winner"`` (the paper) or a class index.
+        target: ``"all"`` (class mean, default: the built-in trainer's; the winning class of an
+            impulse flips between epochs and makes the gain jump), ``"winner"`` (the paper) or a
+            class index.
         smoothing: The smoothed gain's noise level (0: the paper's impulse gain).
         metric: What is reported to Optuna: ``"trial_score"`` (default) or another metric of
             :data:`gainsearch.core.objective.METRICS` (a sequence for multi-objective studies).
         trial_config: The trial score's form.
-        log: Log :data:`LOGGED` with ``pl_module.log`` every epoch.
+        every_n_epochs: Measure (and report, and decide) every this many epochs (the epochs
+            ``k, 2k, ...``, as ``check_val_every_n_epoch``); the epoch numbers are reported as
+            they are, so the study compares trials at the same epochs.
+        log: Log :data:`LOGGED` with ``pl_module.log`` at every measured epoch.
 
-    State (the gain history and the training losses) is saved in Lightning checkpoints, so a
-    fit resumed from a checkpoint continues the curve.
+    State (the gain history and the training losses) is saved in Lightning checkpoints under a
+    key made of the arguments that shape it, so two callbacks (say, two targets) can share a
+    Trainer, and a fit resumed from a checkpoint continues the curve.
+
+    Raises:
+        ValueError: a bad argument (named, with what is allowed), at construction.
     """
 
     def __init__(
@@ -87,6 +114,7 @@ class GainCallback(pl.Callback):
         smoothing: float = 0.0,
         metric: str | Sequence[str] = "trial_score",
         trial_config: TrialScoreConfig | None = None,
+        every_n_epochs: int = 1,
         log: bool = True,
     ) -> None:
         super().__init__()
@@ -94,43 +122,83 @@ class GainCallback(pl.Callback):
             raise ValueError("GainCallback reports to one back end: pass trial= or ray_tune=True.")
         if ray_checkpoint and not ray_tune:
             raise ValueError("ray_checkpoint=True needs ray_tune=True.")
+        metrics = [metric] if isinstance(metric, str) else list(metric)
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown or not metrics:
+            raise ValueError(
+                f"metric must be one of {list(METRICS)} (or a sequence of them), but got "
+                f"metric={metric!r}."
+            )
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int):
+            raise ValueError(f"every_n_epochs must be an integer >= 1, but got {every_n_epochs=}.")
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be an integer >= 1, but got {every_n_epochs=}.")
+        if not (
+            isinstance(smoothing, (int, float))
+            and not isinstance(smoothing, bool)
+            and math.isfinite(smoothing)
+            and smoothing >= 0
+        ):
+            raise ValueError(
+                f"smoothing must be a non-negative number, but got smoothing={smoothing!r}."
+            )
+        _check_target(target)
+        self.target: Target = target
+        self.in_shape = None if in_shape is None else _check_in_shape(in_shape)
         self.trial = trial
         self.ray_tune = ray_tune
         self.ray_checkpoint = ray_checkpoint
-        self.target: Target = target
-        self.smoothing = smoothing
+        self.smoothing = float(smoothing)
         self.metric = metric
         self.trial_config = trial_config
+        self.every_n_epochs = every_n_epochs
         self.log = log
         self.monitor: GainMonitor | None = None
-        if in_shape is not None:  # validated now: a bad shape fails before training starts
-            self.monitor = GainMonitor(in_shape, target=target, smoothing=smoothing)
-        else:  # the options, validated now too
-            GainMonitor((1, 1, 1), target=target, smoothing=smoothing)
-        self.losses: list[float] = []
-        self.pruned_reason: str = ""
+        if self.in_shape is not None:
+            self.monitor = self._new_monitor(self.in_shape)
+        #: training loss of each measured epoch, by epoch number
+        self.epoch_losses: dict[int, float] = {}
+        #: the decision that stopped the fit (``None`` while it goes on)
+        self.stopped: Decision | None = None
         self._loss_sum: torch.Tensor | None = None
         self._count = 0
+
+    def _new_monitor(self, in_shape: Sequence[int]) -> GainMonitor:
+        return GainMonitor(in_shape, target=self.target, smoothing=self.smoothing)
+
+    @property
+    def losses(self) -> list[float]:
+        """The training loss of each measured epoch, in order."""
+        return list(self.epoch_losses.values())
+
+    @property
+    def pruned_reason(self) -> str:
+        """The reason the fit was stopped (empty while it goes on)."""
+        return self.stopped.reason if self.stopped is not None and self.stopped.prune else ""
 
     # -- state ------------------------------------------------------------------------------
     @property
     def state_key(self) -> str:
-        return "GainCallback"
+        return self._generate_state_key(
+            target=self.target, smoothing=self.smoothing, every_n_epochs=self.every_n_epochs
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "monitor": None if self.monitor is None else self.monitor.state_dict(),
-            "losses": list(self.losses),
+            "epoch_losses": dict(self.epoch_losses),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.losses = [float(v) for v in state_dict.get("losses", [])]
+        if "epoch_losses" in state_dict:
+            self.epoch_losses = {int(k): float(v) for k, v in state_dict["epoch_losses"].items()}
+        else:  # a checkpoint from before every_n_epochs: one loss per epoch 1, 2, ...
+            old = state_dict.get("losses", [])
+            self.epoch_losses = {i + 1: float(v) for i, v in enumerate(old)}
         monitor = state_dict.get("monitor")
         if monitor is not None:
             if self.monitor is None:
-                self.monitor = GainMonitor(
-                    monitor["in_shape"], target=self.target, smoothing=self.smoothing
-                )
+                self.monitor = self._new_monitor(monitor["in_shape"])
             self.monitor.load_state_dict(monitor)
 
     # -- hooks --------------------------------------------------------------------------------
@@ -152,9 +220,7 @@ class GainCallback(pl.Callback):
                     "GainCallback takes the probe's shape from the first training batch, whose "
                     "first tensor must be images (N, C, H, W); pass in_shape=(C, H, W)."
                 )
-            self.monitor = GainMonitor(
-                tuple(inputs.shape[1:]), target=self.target, smoothing=self.smoothing
-            )
+            self.monitor = self._new_monitor(tuple(inputs.shape[1:]))
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             n = int(inputs.shape[0]) if inputs is not None else 1
@@ -163,28 +229,30 @@ class GainCallback(pl.Callback):
             self._count += n
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.monitor is None or self._loss_sum is None:
-            return  # no batch this epoch
         epoch = trainer.current_epoch + 1
+        if self.monitor is None or self._loss_sum is None or epoch % self.every_n_epochs:
+            return  # no batch this epoch, or not an epoch to measure
         total = trainer.strategy.reduce(self._loss_sum, reduce_op="sum")
         count = trainer.strategy.reduce(
             torch.tensor(float(self._count), device=self._loss_sum.device), reduce_op="sum"
         )
         loss = float(total / count)
-        self.losses = [*self.losses[: epoch - 1], loss]
         # rank 0 measures and decides; every rank gets the same numbers and decision
-        values: dict[str, Any] = {}
+        payload: dict[str, Any] = {}
         if trainer.is_global_zero:
-            values = self._measure_and_report(trainer, pl_module, epoch, loss)
-        # the curve lives on rank 0, which writes the checkpoints
-        values = trainer.strategy.broadcast(values, src=0)
+            values, decision = self.decide(trainer, pl_module, epoch, loss)
+            payload = {"values": values, "decision": _as_dict(decision)}
+        payload = trainer.strategy.broadcast(payload, src=0)
+        self.epoch_losses = {e: v for e, v in self.epoch_losses.items() if e < epoch}
+        self.epoch_losses[epoch] = loss
         if self.log:
             for name in LOGGED:
-                value = values.get(name)
+                value = payload["values"].get(name)
                 pl_module.log(name, math.nan if value is None else float(value), on_epoch=True)
-        if values.get("prune_reason"):
-            self.pruned_reason = str(values["prune_reason"])
-            logger.info("pruning at epoch %d: %s", epoch, self.pruned_reason)
+        decision = Decision(**payload["decision"])
+        if decision.prune:  # the action, apart from the decision
+            self.stopped = decision
+            logger.info("stopping at epoch %d (%s): %s", epoch, decision.rule, decision.reason)
             trainer.should_stop = True
 
     def check_pruned(self) -> None:
@@ -194,18 +262,22 @@ class GainCallback(pl.Callback):
 
             raise optuna.TrialPruned(self.pruned_reason)
 
-    # -- internals -----------------------------------------------------------------------------
-    def _measure_and_report(
+    # -- the decision ----------------------------------------------------------------------------
+    def decide(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, loss: float
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], Decision]:
+        """Measure the gain at ``epoch``, evaluate and report it: (the numbers to log, the
+        decision). Acts on nothing; rank 0 only."""
         assert self.monitor is not None  # set on the first batch
         reading = self.monitor.measure(pl_module, epoch)
+        losses = [*(v for e, v in self.epoch_losses.items() if e < epoch), loss]
         diverged = not (math.isfinite(loss) and math.isfinite(reading.gain))
         # the numbers logged: the trial's own evaluation (the back ends evaluate against peers)
-        gains = self.monitor.gains
+        gains, epochs = self.monitor.gains, self.monitor.epochs
         evaluation = evaluate(
             gains,
-            train_loss=self.losses if len(self.losses) == len(gains) else None,
+            epochs=epochs,
+            train_loss=losses if len(losses) == len(gains) else None,
             diverged=diverged,
             trial_config=self.trial_config,
         )
@@ -217,30 +289,29 @@ class GainCallback(pl.Callback):
             **{k: v for k, v in evaluation.metrics().items() if k in LOGGED},
         }
         if self.trial is not None:
-            import optuna
+            from gainsearch.integrations.optuna import report_epoch
 
-            from gainsearch.integrations.optuna import report_gain
+            _, decision = report_epoch(
+                self.trial,
+                self.monitor,
+                epoch,
+                metric=self.metric,
+                diverged=diverged,
+                train_loss=losses,
+                trial_config=self.trial_config,
+            )
+            return values, decision
+        if self.ray_tune:
+            self._report_to_tune(trainer, epoch, losses, diverged)
+        own = evaluation.decision
+        if own.rule == DIVERGED:  # nothing to learn from more epochs
+            return values, own
+        who = "the Ray Tune scheduler" if self.ray_tune else "no back end"
+        return values, Decision(False, "continue", f"epoch {epoch} measured; {who} decides", epoch)
 
-            try:
-                report_gain(
-                    self.trial,
-                    self.monitor,
-                    epoch,
-                    metric=self.metric,
-                    diverged=diverged,
-                    train_loss=self.losses,
-                    trial_config=self.trial_config,
-                )
-            except optuna.TrialPruned as pruned:
-                values["prune_reason"] = str(pruned)
-        else:
-            if self.ray_tune:
-                self._report_to_tune(trainer, epoch, diverged)
-            if diverged:  # nothing to learn from more epochs
-                values["prune_reason"] = f"diverged: non-finite loss or gain at epoch {epoch}"
-        return values
-
-    def _report_to_tune(self, trainer: pl.Trainer, epoch: int, diverged: bool) -> None:
+    def _report_to_tune(
+        self, trainer: pl.Trainer, epoch: int, losses: list[float], diverged: bool
+    ) -> None:
         import tempfile
         from pathlib import Path
 
@@ -257,11 +328,22 @@ class GainCallback(pl.Callback):
             report_gain(
                 self.monitor,
                 epoch,
-                train_loss=self.losses,
+                train_loss=losses,
                 diverged=diverged,
                 checkpoint=checkpoint,
                 trial_config=self.trial_config,
             )
+
+
+def _as_dict(decision: Decision) -> dict[str, Any]:
+    return {
+        "prune": decision.prune,
+        "rule": decision.rule,
+        "reason": decision.reason,
+        "epoch": decision.epoch,
+        "value": decision.value,
+        "peers": decision.peers,
+    }
 
 
 def _first_tensor(batch: Any) -> torch.Tensor | None:

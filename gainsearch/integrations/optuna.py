@@ -34,6 +34,7 @@ __all__ = [
     "GainPruner",
     "peer_curves",
     "record_gain",
+    "report_epoch",
     "report_gain",
 ]
 
@@ -276,6 +277,37 @@ def report_gain(
         ValueError: the metric needs ``train_loss``, or ``epoch`` is not the curve's last epoch.
         optuna.TrialPruned: the pruner pruned the trial (the message is the reason).
     """
+    value, decision = report_epoch(
+        trial,
+        monitor,
+        epoch,
+        metric=metric,
+        diverged=diverged,
+        train_loss=train_loss,
+        config=config,
+        score_config=score_config,
+        trial_config=trial_config,
+    )
+    if decision.prune:
+        raise optuna.TrialPruned(decision.reason)
+    return value
+
+
+def report_epoch(
+    trial: optuna.Trial,
+    monitor: GainMonitor | Sequence[float],
+    epoch: int | None = None,
+    *,
+    metric: str | Sequence[str] = "trial_score",
+    diverged: bool = False,
+    train_loss: Sequence[float] | float | None = None,
+    config: DecisionConfig | None = None,
+    score_config: ScoreConfig | None = None,
+    trial_config: TrialScoreConfig | None = None,
+) -> tuple[float | tuple[float, ...], Decision]:
+    """:func:`report_gain` without the raise: the value(s) reported and the decision acted on
+    (its ``prune``, ``rule`` and ``reason``), for callers that act on it themselves (Lightning's
+    :class:`~gainsearch.integrations.lightning.GainCallback`). Same arguments."""
     metrics = (metric,) if isinstance(metric, str) else tuple(metric)
     losses = None if train_loss is None or isinstance(train_loss, (int, float)) else train_loss
     if "trial_score" in metrics and losses is None:
@@ -332,8 +364,7 @@ def report_gain(
     if decision.prune:
         trial.set_user_attr("prune_rule", decision.rule)
         trial.set_user_attr("prune_reason", decision.reason)
-        raise optuna.TrialPruned(decision.reason)
-    return out[0] if len(out) == 1 else out
+    return (out[0] if len(out) == 1 else out), decision
 
 
 def _epochs_ending(trial: optuna.Trial, t: int, epoch: int) -> list[int]:
