@@ -265,8 +265,8 @@ def _val_loss(_: dict[str, Any], split_run: dict[str, Any] | None) -> float:
 
 #: Signal name -> (function(merged run, split run) -> preference, which protocol it needs).
 SIGNALS: dict[str, tuple[Callable, str]] = {
-    "gain score (default)": (_gain_feature("score"), "gain"),
-    "gain score, winner gain": (_gain_feature("score", key="gain_winner"), "gain"),
+    "gain score (default)": (_gain_feature("gain_score"), "gain"),
+    "gain score, winner gain": (_gain_feature("gain_score", key="gain_winner"), "gain"),
     "gain level": (_gain_feature("level"), "gain"),
     "gain last": (_gain_feature("last"), "gain"),
     "gain peak": (_gain_feature("peak"), "gain"),
@@ -538,7 +538,7 @@ def calibration_table(
     rows = []
     for window in windows:
         for weight in weights:
-            fn = _gain_feature("score", variability_weight=weight, window=window)
+            fn = _gain_feature("gain_score", variability_weight=weight, window=window)
             row: dict[str, Any] = {"window": window, "weight": weight}
             for dataset in datasets:
                 s = evaluate_signal(runs, dataset, fn, "gain")

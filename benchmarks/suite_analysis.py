@@ -169,9 +169,9 @@ def guarded(threshold: float, key: str) -> Objective:
 FIXED: dict[str, Objective] = {
     "-final training loss": neg_final_loss,
     "-training loss sum (Ru et al.)": neg_loss_sum,
-    "gain score (impulse, default until now)": gain_metric("score"),
-    "gain score (smoothed)": gain_metric("score", "gain_smooth"),
-    "gain score (winner class, paper)": gain_metric("score", "gain_winner"),
+    "gain score (impulse, default until now)": gain_metric("gain_score"),
+    "gain score (smoothed)": gain_metric("gain_score", "gain_smooth"),
+    "gain score (winner class, paper)": gain_metric("gain_score", "gain_winner"),
     "gain level (smoothed)": gain_metric("level", "gain_smooth"),
 }
 

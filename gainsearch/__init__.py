@@ -7,7 +7,9 @@ measured, and features of the gain curve replace validation loss as objective an
 The package: ``core`` (the measurement, features, scores, diagnosis, decision and the one
 per-epoch :func:`evaluate`), ``batteries`` (data, models, trainer), ``integrations`` (the Optuna,
 Ray Tune and Lightning adapters), ``search`` (specs, the study, results and the runners), then
-``report`` and ``cli``. This module imports neither optuna nor ray.
+``report`` and ``cli``. This module imports neither optuna nor ray. The measurement's
+internal steps (``data_derivative``, ``hann_window_2d``, ``amplitude_spectrum_db``,
+``impulse_probe``) are importable from :mod:`gainsearch.core.spectral`.
 """
 
 from gainsearch.batteries.data import DATASETS, DataError, TensorData, load_dataset
@@ -17,8 +19,11 @@ from gainsearch.batteries.train import (
     TrainConfig,
     TrialResult,
     load_checkpoint,
+    model_from_checkpoint,
+    read_history,
     train_trial,
 )
+from gainsearch.core.decision import Decision, DecisionConfig, decide
 from gainsearch.core.evaluation import Evaluation, evaluate
 from gainsearch.core.features import (
     LABELS,
@@ -29,15 +34,8 @@ from gainsearch.core.features import (
     diagnose,
 )
 from gainsearch.core.monitor import GainMonitor, GainReading
-from gainsearch.core.objective import TrialScoreConfig, trial_score
-from gainsearch.core.spectral import (
-    GainResult,
-    amplitude_spectrum_db,
-    data_derivative,
-    hann_window_2d,
-    impulse_probe,
-    maximum_gain,
-)
+from gainsearch.core.objective import ScoreConfig, TrialScoreConfig, trial_score
+from gainsearch.core.spectral import GainResult, maximum_gain
 
 __version__ = "0.1.0"
 
@@ -46,6 +44,8 @@ __all__ = [
     "LABELS",
     "CurveFeatures",
     "DataError",
+    "Decision",
+    "DecisionConfig",
     "Diagnosis",
     "DiagnosisConfig",
     "EpochContext",
@@ -53,23 +53,23 @@ __all__ = [
     "GainMonitor",
     "GainReading",
     "GainResult",
+    "ScoreConfig",
     "TensorData",
     "TrainConfig",
     "TrialResult",
     "TrialScoreConfig",
     "__version__",
-    "amplitude_spectrum_db",
     "compute_features",
     "create_model",
-    "data_derivative",
+    "decide",
     "diagnose",
     "evaluate",
-    "hann_window_2d",
-    "impulse_probe",
     "list_models",
     "load_checkpoint",
     "load_dataset",
     "maximum_gain",
+    "model_from_checkpoint",
+    "read_history",
     "register_model",
     "train_trial",
     "trial_score",

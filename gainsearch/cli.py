@@ -67,7 +67,11 @@ def _build_parser() -> argparse.ArgumentParser:
     gain.add_argument("--num-classes", type=int, default=10, help="number of classes (10)")
     gain.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0)")
     gain.add_argument("--seed", type=int, default=0, help="initialisation seed (0)")
-    gain.add_argument("--target", default="winner", help="'winner', 'all' or a class index")
+    gain.add_argument(
+        "--target",
+        default="all",
+        help="'all' (class mean, as in searches; the default), 'winner' (the paper) or a class",
+    )
     gain.add_argument(
         "--no-normalize", action="store_true", help="differentiate y_c instead of log y_c"
     )
@@ -83,38 +87,8 @@ def _build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="one trial on the merged training set")
     train.add_argument("--spec", type=Path, help="YAML file of training settings (flags override)")
     train.add_argument("--out", type=Path, required=True, help="output directory")
-    train.add_argument("--dataset", help="digits (default), mnist, fashion_mnist, cifar10")
-    train.add_argument("--data-root", help="folder of an on-disk data set")
     train.add_argument("--download", action="store_true", help="download with torchvision")
-    train.add_argument("--model", help="registry model name, or module:callable of your own")
-    train.add_argument("--width", type=float, help="channel multiplier")
-    train.add_argument("--dropout", type=float, help="dropout before the classifier's last layer")
-    train.add_argument("--epochs", type=int, help="epoch budget")
-    train.add_argument("--batch-size", type=int, help="mini-batch size")
-    train.add_argument("--optimizer", help="sgd, adam or adamw")
-    train.add_argument("--lr", type=float, help="(peak) learning rate")
-    train.add_argument("--momentum", type=float, help="SGD momentum")
-    train.add_argument(
-        "--nesterov", action="store_true", default=None, help="Nesterov momentum (SGD)"
-    )
-    train.add_argument("--weight-decay", type=float, help="weight decay (decoupled for adamw)")
-    train.add_argument("--schedule", help="constant, cosine or onecycle (stepped per batch)")
-    train.add_argument("--warmup-epochs", type=float, help="linear warm-up epochs")
-    train.add_argument("--label-smoothing", type=float, help="label smoothing in [0, 1)")
-    train.add_argument("--augment", help="none or standard (random crop; flips for colour)")
-    train.add_argument("--precision", help="32, bf16 or 16 (16: CUDA only)")
-    train.add_argument(
-        "--channels-last", action="store_true", default=None, help="channels-last memory format"
-    )
-    train.add_argument("--seed", type=int, help="seed")
-    train.add_argument("--device", help="cpu, cuda, cuda:1, ...")
-    train.add_argument("--gain-target", help="'winner', 'all' or a class index")
-    train.add_argument(
-        "--eval-test",
-        action="store_true",
-        default=None,
-        help="record test loss/accuracy per epoch (reporting only)",
-    )
+    _add_setting_flags(train)
     train.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     train.add_argument("--quiet", action="store_true", help="no table, no progress bar")
     train.set_defaults(handler=_cmd_train)
@@ -291,6 +265,76 @@ def _write_spectrum(path: Path, spectra: Any) -> None:
 # -- train ------------------------------------------------------------------------------------
 
 
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`~gainsearch.batteries.train.TrainConfig` setting (``batch_size`` ->
+    ``--batch-size``), typed by the dataclass and described by its docstring, so that a new
+    setting cannot be left without one."""
+    import dataclasses
+    import typing
+
+    from gainsearch.batteries.train import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    docs = _attribute_docs(TrainConfig.__doc__ or "")
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        hint = hints[field.name]
+        text = docs.get(field.name, field.name).replace("%", "%%")
+        default = field.default if field.default is not dataclasses.MISSING else None
+        if default not in (None, {}, ""):
+            text += f" (default: {default})".replace("%", "%%")
+        kinds = set(typing.get_args(hint)) - {type(None)} or {hint}
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+        elif kinds == {int}:
+            parser.add_argument(flag, type=int, help=text)
+        elif kinds == {float}:
+            parser.add_argument(flag, type=float, help=text)
+        elif typing.get_origin(hint) is dict or hint is dict:
+            parser.add_argument(flag, type=_json_mapping(field.name), metavar="JSON", help=text)
+        else:  # str, or str | int (gain_target): parsed by the setting's own check
+            parser.add_argument(flag, help=text)
+
+
+def _attribute_docs(doc: str) -> dict[str, str]:
+    """``name: description`` entries of a Google-style docstring, roles and markup removed."""
+    import re
+
+    out: dict[str, str] = {}
+    name = None
+    for line in doc.splitlines():
+        entry = re.match(r"^\s{8}(\w+): (.*)$", line)
+        if entry:
+            name, out[entry[1]] = entry[1], entry[2].strip()
+        elif name and re.match(r"^\s{12}\S", line):
+            out[name] += " " + line.strip()
+        else:
+            name = None
+    clean = {}
+    for key, text in out.items():
+        text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
+        clean[key] = text
+    return clean
+
+
+def _json_mapping(name: str) -> Callable[[str], dict[str, Any]]:
+    def parse(text: str) -> dict[str, Any]:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(
+                f"--{name.replace('_', '-')} must be a JSON object, e.g. '{{\"depth\": 3}}', "
+                f"but got {text!r} ({err.msg})"
+            ) from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(
+                f"--{name.replace('_', '-')} must be a JSON object, but got {text!r}"
+            )
+        return value
+
+    return parse
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -389,11 +433,26 @@ def _cmd_search(args: argparse.Namespace) -> int:
             ("--max-concurrent", args.max_concurrent, 2),
             ("--cpus-per-trial", args.cpus_per_trial, 1.0),
             ("--gpus-per-trial", args.gpus_per_trial, 0.0),
+            ("--max-failures", args.max_failures, 3),
         )
         if value != default
     ]
     if ray_only and args.backend == "optuna":
         raise CliError(f"{', '.join(ray_only)} belong(s) to --backend ray, not optuna.")
+    optuna_only = [
+        flag
+        for flag, value, default in (
+            ("--retry-failed", args.retry_failed, 0),
+            ("--workers", args.workers, 1),
+        )
+        if value != default
+    ]
+    if optuna_only and args.backend == "ray":
+        raise CliError(
+            f"{', '.join(optuna_only)} belong(s) to --backend optuna, not ray: on Ray, "
+            "--max-concurrent sets the trials at once and --max-failures the restarts of a "
+            "failed trial from its checkpoint."
+        )
     return _search(args, spec)
 
 

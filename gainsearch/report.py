@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gainsearch._files import write_atomic
-from gainsearch.core.features import LABELS, compute_features
+from gainsearch.core.features import DIVERGED, LABELS, compute_features
 from gainsearch.search.results import TrialRow
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -130,7 +130,7 @@ class RunData:
                     test_acc_curve=test or None,
                     diagnosis=diag.label,
                     diagnosis_reason=diag.reason,
-                    prune_rule="" if done else ("diverged" if r.status == "diverged" else "pruner"),
+                    prune_rule="" if done else (DIVERGED if r.status == DIVERGED else "pruner"),
                     prune_reason=r.reason,
                 )
             )

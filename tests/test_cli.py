@@ -56,6 +56,57 @@ def test_train_writes_config_history_and_checkpoint(
     assert longer[:3] == history["history"]
 
 
+def test_train_has_a_flag_for_every_setting(tmp_path: Path) -> None:
+    """The flags are derived from TrainConfig: a new setting cannot be left without one."""
+    import dataclasses
+
+    from gainsearch.batteries.train import TrainConfig
+    from gainsearch.cli import _build_parser
+
+    parser = _build_parser()
+    train = next(
+        a
+        for a in parser._subparsers._group_actions  # type: ignore[union-attr]
+        if isinstance(a, argparse._SubParsersAction)
+    ).choices["train"]
+    flags = {o for a in train._actions for o in a.option_strings}
+    for field in dataclasses.fields(TrainConfig):
+        assert "--" + field.name.replace("_", "-") in flags, field.name
+    args = parser.parse_args(
+        ["train", "--out", "x", "--gain-smoothing", "0.1", "--model-args", '{"a": 1}']
+    )
+    assert args.gain_smoothing == 0.1 and args.model_args == {"a": 1}
+    assert parser.parse_args(["train", "--out", "x", "--no-eval-test"]).eval_test is False
+
+
+def test_train_model_args_reach_the_model(tmp_path: Path) -> None:
+    assert (
+        main(
+            [
+                *TRAIN[:3],
+                "--model",
+                "digits_lenet",
+                "--model-args",
+                '{"dropout": 0.375}',
+                "--epochs",
+                "1",
+                "--quiet",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["train"]["model_args"] == {"dropout": 0.375}
+    from torch import nn
+
+    from gainsearch.batteries.train import model_from_checkpoint
+
+    model = model_from_checkpoint(tmp_path / "m" / "checkpoint.pt")[0]
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.375]
+
+
 def test_train_table_is_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--epochs", "2", "--out", str(tmp_path / "t")]) == 0
     captured = capsys.readouterr()

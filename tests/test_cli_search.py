@@ -100,6 +100,14 @@ def test_timeout_says_so_and_the_same_command_adds_the_rest(
             ["search", "{spec}", "--epochs", "0", "--out", "{dir}/o"],
             "epochs must be a positive integer",
         ),
+        (  # a flag the Ray back end has no use for is refused, not ignored
+            ["search", "{spec}", "--backend", "ray", "--retry-failed", "2", "--out", "{dir}/o"],
+            "--retry-failed belong(s) to --backend optuna, not ray: on Ray, --max-concurrent",
+        ),
+        (
+            ["search", "{spec}", "--max-failures", "1", "--out", "{dir}/o"],
+            "--max-failures belong(s) to --backend ray, not optuna.",
+        ),
         (
             ["search", "{spec}", "--storage", "nosuchdb://u:secret@x/db", "--out", "{dir}/o"],
             "storage 'nosuchdb://u:***@x/db' cannot be opened",
@@ -115,6 +123,7 @@ def test_search_bad_input(
     err = capsys.readouterr().err
     assert match in err
     assert "secret" not in err  # storage passwords are never printed
+    assert not (tmp_path / "o").exists()  # refused before anything is written
 
 
 def count_finished(db: Path) -> int:

@@ -54,7 +54,7 @@ def test_evaluate_compares_values_at_the_same_epoch() -> None:
         epochs=[2, 4, 6],
         peers=PEERS,
         peer_values=values,
-        metric="score",
+        metric="gain_score",
         value=5.0,  # below the peers' 6.0 at epoch 6 (their 3.0 at epoch 3 would be above)
         config=CONFIG,
     )

@@ -33,7 +33,7 @@ def test_pruned_as_too_variable_if_and_only_if_diagnosed_lr_too_high(seed: int) 
     for i, curve in enumerate(curves):
         peers = curves[:i] + curves[i + 1 :]
         for t in range(1, EPOCHS.size + 1):
-            ev = evaluate(curve[:t], peers=peers, metric="score")
+            ev = evaluate(curve[:t], peers=peers, metric="gain_score")
             too = ev.decision.rule == TOO_VARIABLE
             assert too == (ev.diagnosis.label == LR_TOO_HIGH), (seed, i, t, ev)
             # and the same verdict from the functions called on their own

@@ -29,7 +29,7 @@ JAGGED = [float(v) for v in 10 + 4 * (-1.0) ** E]
 
 
 def scores(curve: list[float]) -> list[float]:
-    """The gain score at every epoch: what report_gain(metric="score") reports."""
+    """The gain score at every epoch: what report_gain(metric="gain_score") reports."""
     return [gain_score(curve[:e]) for e in range(1, len(curve) + 1)]
 
 
@@ -53,7 +53,7 @@ def study_with_peers(
 def run_epochs(study: optuna.Study, curve: list[float], **kwargs: object) -> tuple[int, str]:
     """Report ``curve`` epoch by epoch (the gain score unless ``metric`` is given); returns
     (epochs reported, prune reason or '')."""
-    kwargs.setdefault("metric", "score")
+    kwargs.setdefault("metric", "gain_score")
     trial = study.ask()
     for epoch in range(1, len(curve) + 1):
         try:
@@ -78,7 +78,7 @@ def test_trainer_divergence_flag_prunes() -> None:
     study = study_with_peers()
     trial = study.ask()
     with pytest.raises(optuna.TrialPruned, match="training loss"):
-        report_gain(trial, [5.0], 1, diverged=True, metric="score")
+        report_gain(trial, [5.0], 1, diverged=True, metric="gain_score")
 
 
 def test_too_variable_after_warmup_with_reason() -> None:
@@ -115,7 +115,7 @@ def test_good_trial_completes_and_records_features() -> None:
     fitted = study.ask()
     for epoch in range(1, len(GOOD) + 1):
         losses = [0.5**e for e in range(1, epoch + 1)]
-        report_gain(fitted, GOOD[:epoch], epoch, train_loss=losses, metric="score")
+        report_gain(fitted, GOOD[:epoch], epoch, train_loss=losses, metric="gain_score")
     assert fitted.user_attrs["diagnosis"] == "overfitting"
     assert "fitted" in fitted.user_attrs["diagnosis_reason"]
 

@@ -162,7 +162,7 @@ def test_ray_domains() -> None:
             r"objective.mode needs one mode per metric",
         ),
         (
-            spec_with(objective={"metric": "score", "mode": "maximize"}),
+            spec_with(objective={"metric": "gain_score", "mode": "maximize"}),
             r"objective.mode must be 'max' or 'min'.*'maximize'",
         ),
         (

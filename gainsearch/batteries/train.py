@@ -36,7 +36,7 @@ from torch import nn
 
 from gainsearch.batteries.data import DATASETS, TensorData, load_dataset
 from gainsearch.batteries.models import check_model_name, create_model
-from gainsearch.core.features import Diagnosis, diagnose
+from gainsearch.core.features import DIVERGED, Diagnosis, diagnose
 from gainsearch.core.monitor import GainMonitor
 from gainsearch.core.spectral import _check_target
 
@@ -56,7 +56,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 COMPLETED = "completed"
-DIVERGED = "diverged"
 STOPPED = "stopped"
 
 CHECKPOINT_VERSION = 1

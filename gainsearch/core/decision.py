@@ -209,7 +209,7 @@ def decide(
     values: Series | None = None,
     peer_values: Sequence[Series] | None = None,
     features: CurveFeatures | None = None,
-    metric: str = "score",
+    metric: str = "gain_score",
     variability: VariabilityCheck | None = None,
 ) -> Decision:
     """Decide whether the trial with gain ``curve`` continues, against its ``peers``.

@@ -32,7 +32,14 @@ import numpy as np
 
 from gainsearch.core.decision import Decision, DecisionConfig, Series, align, by_epoch, decide
 from gainsearch.core.features import DIVERGED, CurveFeatures, Diagnosis, diagnose
-from gainsearch.core.objective import METRICS, TrialScoreConfig, curve_metric, gain_score
+from gainsearch.core.objective import (
+    METRIC_ALIASES,
+    METRICS,
+    TrialScoreConfig,
+    canonical_metric,
+    curve_metric,
+    gain_score,
+)
 
 __all__ = ["Evaluation", "evaluate"]
 
@@ -64,12 +71,11 @@ class Evaluation:
     def metric_value(self, name: str) -> float:
         """The value of any metric of :data:`~gainsearch.core.objective.METRICS` at this epoch
         (``nan`` when the trial diverged)."""
+        name = canonical_metric(name)
         if name == "trial_score":
             return self.trial_score
-        if name == "score":
+        if name == "gain_score":
             return self.gain_score
-        if name not in METRICS:
-            raise ValueError(f"Unknown metric {name!r}; available metrics are {list(METRICS)}.")
         if self.features.diverged or self.decision.rule == DIVERGED:
             return math.nan
         return float(getattr(self.features, name))
@@ -140,6 +146,7 @@ def evaluate(
         ValueError: unknown metric or mode, or ``train_loss`` does not match ``curve``.
     """
     cfg = config or DecisionConfig()
+    metric = METRIC_ALIASES.get(metric, metric)
     if value is None and metric not in METRICS:
         raise ValueError(f"Unknown metric {metric!r}; available metrics are {list(METRICS)}.")
     if mode not in ("max", "min"):
@@ -174,7 +181,7 @@ def evaluate(
         score = math.nan
     gscore = gain_score(feats, config=cfg.score)
     if value is None:
-        value = {"trial_score": score, "score": gscore}.get(metric)
+        value = {"trial_score": score, "gain_score": gscore}.get(metric)
     if value is None:
         value = math.nan if diverged else curve_metric(metric, feats, config=cfg.score)
     value = float(value)

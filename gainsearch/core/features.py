@@ -1,4 +1,6 @@
-"""From a gain curve to features and a diagnosis (DESIGN.md section 2). Pure functions.
+"""From a gain curve to features and a diagnosis. Pure functions.
+
+The definitions below are the README's "Features and diagnosis" section.
 
 A gain curve is ``g_1..g_t``: one Maximum Gain reading (dB) per epoch. With ``W`` the window
 (default 5 epochs) and ``d_i = g_i - g_{i-1}`` the first differences:

@@ -93,8 +93,11 @@ class GainMonitor:
         in_shape: ``(C, H, W)`` of the model's input; the probe is then the impulse image.
         probe: A natural image ``(C, H, W)`` in the model's input space, used instead of the
             impulse. Give ``in_shape`` or ``probe`` (or both, if they agree).
-        target: ``"winner"`` (the paper), ``"all"`` (class mean; the class-robust variant) or a
-            fixed class index.
+        target: ``"all"`` (class mean, the default everywhere in gainsearch: the winning class
+            of an impulse image flips between epochs and the paper's gain then jumps by several
+            dB for no reason of learning), ``"winner"`` (the paper's measurement) or a fixed
+            class index. The measurement functions of :mod:`gainsearch.core.spectral` keep the
+            paper's ``"winner"``: they are its definition.
         normalize: Differentiate ``log y_c`` (the paper) rather than ``y_c``.
         eps: Floor added to the amplitude before the logarithm.
         smoothing: ``0`` (the paper's impulse gain) or the noise level of the smoothed gain
@@ -109,7 +112,7 @@ class GainMonitor:
         in_shape: Sequence[int] | None = None,
         *,
         probe: torch.Tensor | None = None,
-        target: Target = "winner",
+        target: Target = "all",
         normalize: bool = True,
         eps: float = DEFAULT_EPS,
         smoothing: float = 0.0,

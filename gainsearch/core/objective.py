@@ -43,6 +43,7 @@ __all__ = [
     "METRICS",
     "ScoreConfig",
     "TrialScoreConfig",
+    "canonical_metric",
     "curve_metric",
     "gain_score",
     "trial_score",
@@ -51,7 +52,7 @@ __all__ = [
 #: Metrics a study may optimise: the trial score, the gain score and the numeric curve features.
 METRICS = (
     "trial_score",
-    "score",
+    "gain_score",
     "level",
     "last",
     "peak",
@@ -62,6 +63,23 @@ METRICS = (
     "early_variability",
     "saturation",
 )
+
+
+#: Old metric names still accepted: ``score`` was the gain score's name before the result key
+#: (``gain_score``) and the metric got one name.
+METRIC_ALIASES = {"score": "gain_score"}
+
+
+def canonical_metric(name: str) -> str:
+    """``name`` with an old alias replaced (``"score"`` -> ``"gain_score"``).
+
+    Raises:
+        ValueError: ``name`` is not a metric of :data:`METRICS` (nor an alias of one).
+    """
+    name = METRIC_ALIASES.get(name, name)
+    if name not in METRICS:
+        raise ValueError(f"Unknown metric {name!r}; available metrics are {list(METRICS)}.")
+    return name
 
 
 @dataclass(frozen=True)
@@ -177,8 +195,7 @@ def curve_metric(
 
     ``trial_score`` also needs ``train_loss`` (one value per epoch) and the raw ``curve``.
     """
-    if name not in METRICS:
-        raise ValueError(f"Unknown metric {name!r}; available metrics are {list(METRICS)}.")
+    name = canonical_metric(name)
     if name == "trial_score":
         if train_loss is None or isinstance(curve, CurveFeatures):
             raise ValueError(
@@ -195,7 +212,7 @@ def curve_metric(
         records = [{"train_loss": v, "gain": g} for v, g in zip(losses, gains, strict=True)]
         return trial_score(records, config=trial)
     feats = curve if isinstance(curve, CurveFeatures) else compute_features(curve, config=diagnosis)
-    if name == "score":
+    if name == "gain_score":
         return gain_score(feats, config=config)
     if feats.diverged:
         return math.nan

@@ -1,4 +1,4 @@
-"""The Maximum Gain measurement (DESIGN.md section 1).
+"""The Maximum Gain measurement (the README's "The measurement").
 
 The network ``f`` is linearised around a probe image ``x`` (by default the impulse image
 ``delta``): the data derivative ``g = d log y_c / dx`` of the winning class's log-probability is
@@ -257,7 +257,7 @@ def maximum_gain(
     samples: int = 8,
     max_batch: int = 256,
 ) -> GainResult:
-    """Measure the Maximum Gain of ``model`` around ``probe`` (DESIGN.md section 1).
+    """Measure the Maximum Gain of ``model`` around ``probe`` (the README's "The measurement").
 
     Args:
         model: Classifier mapping ``(N, C, H, W)`` to logits ``(N, K)``; any device, any

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from gainsearch.core.decision import DIVERGED, Decision, DecisionConfig
 from gainsearch.core.evaluation import Evaluation, evaluate
 from gainsearch.core.monitor import GainMonitor
-from gainsearch.core.objective import ScoreConfig, TrialScoreConfig
+from gainsearch.core.objective import ScoreConfig, TrialScoreConfig, canonical_metric
 from gainsearch.integrations._settings import decision_config
 
 __all__ = [
@@ -144,7 +144,7 @@ def _evaluate(study: optuna.Study, trial: FrozenTrial, config: DecisionConfig) -
         epochs=epochs,
         peers=peers,
         peer_values=values if single else None,
-        metric=metric if single else "score",
+        metric=metric if single else "gain_score",
         mode=_mode(study),
         value=float(reported) if single and reported is not None else None,
         diverged=bool(attrs.get(DIVERGED_ATTR, False)),
@@ -257,9 +257,10 @@ def report_gain(
         epoch: The epoch just measured (default: the monitor's last); it must be the curve's
             last epoch.
         metric: What the study optimises: ``"trial_score"`` (the default:
-            :func:`gainsearch.trial_score`, which needs ``train_loss`` per epoch), ``"score"``
-            (the gain score) or other :data:`~gainsearch.core.objective.METRICS` (a sequence
-            for multi-objective studies, in the study's direction order).
+            :func:`gainsearch.trial_score`, which needs ``train_loss`` per epoch),
+            ``"gain_score"`` (the gain score; ``"score"`` is its old name) or other
+            :data:`~gainsearch.core.objective.METRICS` (a sequence for multi-objective studies,
+            in the study's direction order).
         diverged: The training loss went non-finite (the trial cannot continue).
         train_loss: The training loss of each measured epoch so far (its last value alone is
             enough unless the metric is ``trial_score``). Also sharpens the diagnosis.
@@ -308,12 +309,12 @@ def report_epoch(
     """:func:`report_gain` without the raise: the value(s) reported and the decision acted on
     (its ``prune``, ``rule`` and ``reason``), for callers that act on it themselves (Lightning's
     :class:`~gainsearch.integrations.lightning.GainCallback`). Same arguments."""
-    metrics = (metric,) if isinstance(metric, str) else tuple(metric)
+    metrics = tuple(canonical_metric(m) for m in ((metric,) if isinstance(metric, str) else metric))
     losses = None if train_loss is None or isinstance(train_loss, (int, float)) else train_loss
     if "trial_score" in metrics and losses is None:
         raise ValueError(
             "metric 'trial_score' needs the training loss of every measured epoch so far: pass "
-            "train_loss=[...] to report_gain (or report metric='score', the gain score)."
+            "train_loss=[...] to report_gain (or report metric='gain_score', the gain score)."
         )
     study = trial.study
     pruner = study.pruner

@@ -142,7 +142,7 @@ class GainScheduler(FIFOScheduler):
         curve = self.curves[trial_id]
         losses = list(self.losses[trial_id].values())
         others = [tid for tid in self.curves if tid != trial_id]
-        metric = str(self._metric) if has_metric else "score"
+        metric = str(self._metric) if has_metric else "gain_score"
         evaluation = evaluate(
             list(curve.values()),
             epochs=list(curve),

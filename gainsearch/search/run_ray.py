@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gainsearch.batteries.train import EpochContext, TrainConfig, train_trial
+from gainsearch.core.features import DIVERGED
 from gainsearch.core.objective import ScoreConfig, TrialScoreConfig
 from gainsearch.integrations.ray import SCORE, TRIAL_SCORE, GainResults, GainScheduler, report_gain
 from gainsearch.search.results import Outcome, TrialRow, check_out_dir, write_results
@@ -46,7 +47,7 @@ __all__ = ["RayOutcome", "connect", "gain_trainable", "make_scheduler", "result_
 logger = logging.getLogger(__name__)
 
 #: The spec's metric -> the key of the reported result that Tune optimises.
-RESULT_KEYS = {"trial_score": TRIAL_SCORE, "score": SCORE}
+RESULT_KEYS = {"trial_score": TRIAL_SCORE, "gain_score": SCORE}
 CHECKPOINT_FILE = "checkpoint.pt"
 GAINSEARCH_KEY = "_gainsearch"  # fixed, non-searched settings travel in the config under this key
 
@@ -635,7 +636,7 @@ def result_rows(
         if result.error is not None:
             state, rule, reason = "failed", "", str(result.error).splitlines()[0]
         elif metrics.get("diverged"):
-            state, rule = "pruned", "diverged"
+            state, rule = "pruned", DIVERGED
             reason = reason or f"diverged at epoch {epochs}"
         elif rule:
             state = "pruned"

@@ -48,7 +48,7 @@ import yaml
 from gainsearch.batteries.train import TrainConfig
 from gainsearch.core.decision import DecisionConfig
 from gainsearch.core.features import DiagnosisConfig
-from gainsearch.core.objective import METRICS, ScoreConfig, TrialScoreConfig
+from gainsearch.core.objective import METRIC_ALIASES, METRICS, ScoreConfig, TrialScoreConfig
 
 __all__ = [
     "ExperimentSpec",
@@ -352,6 +352,14 @@ def parse_spec(data: Mapping[str, Any]) -> ExperimentSpec:
         ("metric", "mode", "gain_weight", "early_epochs", "variability_weight"),
     )
     metrics = _as_tuple(objective.get("metric", "trial_score"))
+    if any(m in METRIC_ALIASES for m in metrics if isinstance(m, str)):
+        warnings.warn(
+            "objective.metric 'score' is deprecated: the gain score is 'gain_score' (the name "
+            "of its result key on Ray and in trials.csv).",
+            FutureWarning,
+            stacklevel=2,
+        )
+        metrics = tuple(METRIC_ALIASES.get(m, m) if isinstance(m, str) else m for m in metrics)
     modes = _as_tuple(
         objective.get("mode", ["max" if m != "variability" else "min" for m in metrics])
     )
