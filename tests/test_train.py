@@ -238,7 +238,11 @@ def test_schedules_warm_up_then_follow_their_shape() -> None:
     assert cosine[0] == 1.0 and cosine[20] == pytest.approx(0.5) and cosine[-1] < 0.01
     assert all(a >= b for a, b in itertools.pairwise(cosine))  # never rises
     warm_cos = lrs_of(TrainConfig(epochs=4, schedule="cosine", warmup_epochs=1), 10)
-    assert warm_cos[9] == 1.0 and warm_cos[-1] < 0.01
+    assert warm_cos[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
+    # the cosine starts where the warm-up ends: step s is (s - 10) / 30 of the way down
+    assert warm_cos[10:] == pytest.approx(
+        [(1 + math.cos(math.pi * (s - 10) / 30)) / 2 for s in range(10, 40)]
+    )
     one = lrs_of(TrainConfig(epochs=10, schedule="onecycle"), 10)  # rises over 30 % of 100 steps
     assert one[0] == pytest.approx(1 / 25) and max(one) == one[30] == pytest.approx(1.0)
     assert one[-1] < 1e-3
@@ -252,9 +256,24 @@ def test_the_learning_rate_of_every_epoch_is_recorded_and_steps_per_batch(
     steps = -(-digits.x_train.shape[0] // FAST["batch_size"])  # ceil
     config = TrainConfig.from_dict(cfg)
     expected = [0.05 * lr_factor(config, steps, e * steps - 1) for e in (1, 2, 3)]
+    # the recorded rate is what the optimizer applied at each epoch's last step
     assert [r["lr"] for r in result.history] == pytest.approx(expected)
     assert result.history[0]["lr"] == pytest.approx(0.05)  # end of the warm-up epoch
     assert result.history[-1]["lr"] < 0.05 * 0.01  # the cosine ends near zero
+    # and at every step: the optimizer's rate, watched through its step hook
+    applied: list[float] = []
+    original = torch.optim.SGD.step
+
+    def spy(self: torch.optim.Optimizer, *args: object, **kwargs: object) -> object:
+        applied.append(float(self.param_groups[0]["lr"]))
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    torch.optim.SGD.step = spy  # type: ignore[method-assign]
+    try:
+        train_trial(cfg, data=digits)
+    finally:
+        torch.optim.SGD.step = original  # type: ignore[method-assign]
+    assert applied == pytest.approx([0.05 * lr_factor(config, steps, s) for s in range(3 * steps)])
 
 
 def test_resume_continues_the_schedule_and_the_augmentation(
@@ -280,6 +299,10 @@ def test_resume_continues_the_schedule_and_the_augmentation(
     with pytest.raises(RuntimeError, match="node lost"):
         train_trial(cfg, data=digits, checkpoint_path=ckpt, callbacks=[crash_after_two])
     resumed = train_trial(cfg, data=digits, checkpoint_path=ckpt)
+    steps = -(-digits.x_train.shape[0] // FAST["batch_size"])  # ceil
+    config = TrainConfig.from_dict(cfg)
+    expected = [float(cfg["lr"]) * lr_factor(config, steps, e * steps - 1) for e in (1, 2, 3, 4)]
+    assert [r["lr"] for r in straight.history] == pytest.approx(expected)  # the schedule ran
     assert [r["lr"] for r in resumed.history] == [r["lr"] for r in straight.history]
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
     assert same_weights(resumed.model, straight.model)
@@ -303,6 +326,27 @@ def test_modern_recipe_settings_change_training(digits: TensorData) -> None:
         assert [r["train_loss"] for r in again.history] == [
             r["train_loss"] for r in other.history
         ], override
+    # channels_last changes no number on the CPU: check the layout itself, of the weights and
+    # of the batches the model sees
+    seen: list[bool] = []
+    last = train_trial({**FAST, "channels_last": True, "epochs": 1}, data=digits)
+    conv = next(m for m in last.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: (
+            seen.append(
+                args[0].is_contiguous(memory_format=torch.channels_last)
+                and not args[0].is_contiguous()  # with C > 1 the two layouts differ
+            )
+            if isinstance(module, torch.nn.Conv2d) and module.training and args[0].shape[1] > 1
+            else None
+        )
+    )
+    try:
+        train_trial({**FAST, "channels_last": True, "epochs": 1}, data=digits)
+    finally:
+        hook.remove()
+    assert seen and all(seen)
     smoothed = train_trial({**FAST, "label_smoothing": 0.2}, data=digits)
     # the recorded loss is the optimised one: label smoothing keeps it above plain CE's floor
     assert smoothed.history[-1]["train_loss"] > base.history[-1]["train_loss"]
@@ -368,7 +412,10 @@ def test_own_model_by_import_path(
         train_trial({**FAST, "model": "mynets_gs_test:wrong_output"}, data=digits)
     with pytest.raises(ValueError, match=r"must return a torch.nn.Module, but returned int"):
         train_trial({**FAST, "model": "mynets_gs_test:not_a_module"}, data=digits)
-    with pytest.raises(ValueError, match=r"must accept in_shape, num_classes and the model_args"):
+    with pytest.raises(
+        ValueError,
+        match=r"must accept in_shape, num_classes and the model_args \['depth'\] as keyword",
+    ):
         train_trial({**cfg, "model_args": {"depth": 3}}, data=digits)
     # the checkpoint rebuilds the same model from its own configuration (model_args included:
     # the CLI used to rebuild it with the registry defaults)

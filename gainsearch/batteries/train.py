@@ -418,7 +418,7 @@ def train_trial(
     if status == COMPLETED:
         for epoch in range(start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
-            train_loss = _train_epoch(
+            train_loss, lr_last = _train_epoch(
                 model,
                 optimizer,
                 x_train,
@@ -430,7 +430,6 @@ def train_trial(
                 augment=augment if cfg.augment == "standard" else None,
                 scaler=scaler,
             )
-            lr_last = cfg.lr * lr_factor(cfg, steps_per_epoch, scheduler.last_epoch - 1)
             record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": lr_last}
             if monitor:
                 reading = gain_monitor.measure(model, epoch)
@@ -688,8 +687,9 @@ def _train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     augment: torch.Generator | None = None,
     scaler: torch.amp.GradScaler | None = None,
-) -> float:
-    """One pass over the data; the mean training loss (NaN/inf if the epoch diverged).
+) -> tuple[float, float]:
+    """One pass over the data: (the mean training loss, NaN/inf if the epoch diverged; the
+    learning rate the optimizer applied at the epoch's last step, as it read it).
 
     The loss is summed on the model's device and read once per epoch: no host sync per step.
     The schedule steps after every batch. ``KeyboardInterrupt`` before any batch once
@@ -699,6 +699,7 @@ def _train_epoch(
     order = torch.randperm(x.shape[0], generator=generator).to(x.device)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(cfg.precision)
+    lr = float(optimizer.param_groups[0]["lr"])
     for start in range(0, x.shape[0], cfg.batch_size):
         if stop_event is not None and stop_event.is_set():
             raise KeyboardInterrupt("stop requested")
@@ -709,6 +710,7 @@ def _train_epoch(
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             loss = F.cross_entropy(model(xb), y[idx], label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
+        lr = float(optimizer.param_groups[0]["lr"])  # what this step applies
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -719,7 +721,7 @@ def _train_epoch(
         if scheduler is not None:
             scheduler.step()
         total += loss.detach().to(torch.float64) * idx.numel()
-    return float(total) / x.shape[0]
+    return float(total) / x.shape[0], lr
 
 
 def _evaluate(
