@@ -43,6 +43,20 @@ def test_pruned_as_too_variable_if_and_only_if_diagnosed_lr_too_high(seed: int) 
     assert seen == {True, False}  # the curves exercise both sides
 
 
+def test_jagged_calm_jagged_is_too_variable_not_overfitting() -> None:
+    """A curve jagged early and late with a calm stretch between: both the variability rule and
+    the overfitting rule ("flat, then variable") match; the variability rule comes first, in
+    the diagnosis as in the decision."""
+    e = np.arange(1, 18)
+    zig = 3.0 * (-1.0) ** e
+    curve = 15.0 + np.where((e <= 5) | (e >= 12), zig, 0.02 * e)  # calm over epochs 6-11
+    peers = [15.0 + 0.1 * np.sin(e + k) for k in range(4)]
+    ev = evaluate(curve, peers=peers, metric="gain_score")
+    assert ev.features.overfit_onset is not None  # the calm stretch is there
+    assert ev.decision.rule == TOO_VARIABLE
+    assert ev.diagnosis.label == LR_TOO_HIGH
+
+
 def test_the_definition_is_the_diagnosis_config_and_the_decision_writes_to_it() -> None:
     config = DecisionConfig(variability_factor=5.0, min_variability=2.0)
     assert config.diagnosis.peer_factor == 5.0
