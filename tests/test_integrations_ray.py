@@ -329,6 +329,7 @@ def test_a_directory_of_another_study_is_refused_before_ray_starts(tmp_path: Pat
     with pytest.raises(ValueError, match=r"holds the results of study 'someone_else'.*'ray_e2e'"):
         run_tuner(SPEC, out_dir=tmp_path, n_trials=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json"]
+    assert not ray.is_initialized()  # refused before Ray started
 
 
 def test_running_trials_are_peers_on_both_back_ends() -> None:
@@ -350,6 +351,57 @@ def test_running_trials_are_peers_on_both_back_ends() -> None:
     assert decision.peers == 3 and decision.rule == "below_percentile"
     assert feed(scheduler, "me", [0.0, 0.1, 0.2])[-1] is True
     assert scheduler.evaluations["me"].decision == decision
+
+
+def test_finished_and_stopped_trials_stay_peers() -> None:
+    """Peers are the trials that reached the epoch, whatever became of them since: completed,
+    stopped, errored or removed trials keep their series."""
+    scheduler = GainScheduler(min_peers=3)
+    peers = {"done": [1.0, 2.0, 3.0], "stopped": [1.5, 2.5, 3.5], "failed": [0.5, 1.0, 1.5]}
+    for trial_id, curve in peers.items():
+        feed(scheduler, trial_id, curve)
+    trial = SimpleNamespace(trial_id="done")
+    scheduler.on_trial_complete(None, trial, {"epoch": 3, "gain": 3.0})
+    scheduler.on_trial_remove(None, SimpleNamespace(trial_id="stopped"))
+    scheduler.on_trial_error(None, SimpleNamespace(trial_id="failed"))
+    assert feed(scheduler, "me", [0.0, 0.1, 0.2])[-1] is True
+    assert scheduler.evaluations["me"].decision.peers == 3
+
+
+def test_the_diagnosis_is_against_the_peers_after_the_first_epochs() -> None:
+    """A flat curve far below its peers is "learning rate too low" only against them (alone
+    it reads as converged): the stored diagnosis is the one with peers, at epoch 4."""
+    from gainsearch.core.features import diagnose
+    from gainsearch.integrations.ray import GainResults
+
+    scheduler = GainScheduler(min_peers=2, metric="trial_score", mode="max")
+    callback = GainResults(scheduler, budget=6)
+    rising = [[20 - 15 * math.exp(-e / s) for e in range(1, 5)] for s in (1.0, 1.5, 2.0)]
+    flat = [0.0, 0.05, 0.1, 0.1]
+    stored = {}
+    for trial_id, curve in [*((f"p{i}", c) for i, c in enumerate(rising)), ("me", flat)]:
+        for e, gain in enumerate(curve, 1):
+            result = {"epoch": e, "gain": gain, "train_loss": 1.0, "trial_score": 0.0}
+            scheduler.on_trial_result(None, SimpleNamespace(trial_id=trial_id), result)
+            callback.on_trial_result(0, [], SimpleNamespace(trial_id=trial_id), result)
+        stored[trial_id] = result
+    alone = diagnose(flat, train_loss=[1.0] * 4).label
+    against = diagnose(flat, peers=rising, train_loss=[1.0] * 4).label
+    assert alone != against == "lr_too_low"
+    assert stored["me"]["diagnosis"] == against and stored["me"]["epoch"] == 4
+
+
+def test_gain_results_under_another_scheduler_keep_a_divergence() -> None:
+    from gainsearch.integrations.ray import GainResults
+
+    other = GainResults(FIFOScheduler(), budget=3)
+    first = {"epoch": 1, "gain": 1.0, "train_loss": 1.0}
+    other.on_trial_result(0, [], SimpleNamespace(trial_id="x"), first)
+    diverged = {"epoch": 2, "gain": None, "train_loss": None, "diverged": True, "done": True}
+    other.on_trial_result(0, [], SimpleNamespace(trial_id="x"), diverged)
+    assert diverged["prune_rule"] == "diverged"
+    assert "non-finite at epoch 2" in diverged["prune_reason"]
+    assert diverged["diagnosis"] == "diverged"
 
 
 def test_gain_results_store_the_evaluation_in_the_result() -> None:
