@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
+from collections.abc import Callable
 
 # Every Ray process the tests start binds 127.0.0.1: Ray reads this when it is first imported.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -49,3 +52,24 @@ def small_net() -> SmallNet:
 @pytest.fixture(scope="session")
 def digits() -> TensorData:
     return load_dataset("digits")
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    poll: float = 0.05,
+) -> None:
+    """Poll ``condition`` until it holds. The test fails, saying ``what`` it waited for, when it
+    does not within ``timeout`` seconds or when ``proc`` ends first: a slow machine makes a
+    test fail with a message, never act on a state it did not reach."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"the process ended before {what}: {err.decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout:g} s for {what}")
+        time.sleep(poll)

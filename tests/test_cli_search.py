@@ -10,12 +10,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
+from conftest import wait_until
 
 from gainsearch.cli import main
 
@@ -170,12 +170,10 @@ def test_signal_mid_study_then_the_same_command_resumes(tmp_path: Path, signum: 
     storage = f"sqlite:///{out / 'study.db'}"
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.time() + 120
         db = out / "study.db"
-        while count_finished(db) < 2 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        if proc.poll() is not None:  # say why it ended
-            pytest.fail(f"the study ended before the signal: {proc.communicate()[1].decode()}")
+        wait_until(
+            lambda: count_finished(db) >= 2, timeout=300, what="two finished trials", proc=proc
+        )
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)
     finally:
@@ -223,13 +221,18 @@ def test_ray_backend_interrupted_then_resumed_by_the_same_command(
     results = out / "ray_results" / "ray_cli"
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None:  # one trial done, one started
+
+        def one_done_one_started() -> bool:
             logs = [p.read_text().count("\n") for p in results.glob("*/result.json")]
-            if len(logs) >= 2 and max(logs) >= 6 and min(logs) >= 2:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "the search finished before it could be interrupted"
+            return len(logs) >= 2 and max(logs) >= 6 and min(logs) >= 2
+
+        wait_until(
+            one_done_one_started,
+            timeout=400,
+            what="one trial done and one at epoch 2",
+            proc=proc,
+            poll=0.2,
+        )
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=180)
     finally:
@@ -264,7 +267,7 @@ def test_ray_backend_interrupted_then_resumed_by_the_same_command(
         assert row["epoch_log"][0] == 1 and row["epoch_log"].count(1) == 1, row["epoch_log"]
     for number in cut:  # an interrupted trial had reported 2+ epochs before the signal
         assert rows[number]["epoch_log"][:2] == [1, 2], rows[number]["epoch_log"]
-        assert np.asarray(row["spectrum"]["db"]).shape == (1, 8, 8)
+        assert np.asarray(rows[number]["spectrum"]["db"]).shape == (1, 8, 8)
     page = (out / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 4
 

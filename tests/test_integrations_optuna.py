@@ -243,6 +243,16 @@ def test_resume_with_another_spec_is_refused_and_changes_nothing(tmp_path: Path)
     assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 2
 
 
+def sampled(first: int, n: int) -> list[float]:
+    """The learning rates a process whose first trial is number ``first`` samples, drawn by
+    an independent sampler seeded as :func:`gainsearch.search.study.make_sampler` says:
+    (the spec's seed, ``first``); the spec's seed itself for the study's first process."""
+    seed = 3 if first == 0 else int(np.random.SeedSequence([3, first]).generate_state(1)[0])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    dist = optuna.distributions.FloatDistribution(1e-3, 2.0, log=True)
+    return [study.ask({"lr": dist}).params["lr"] for _ in range(n)]
+
+
 def test_parallel_workers_share_one_storage(tmp_path: Path) -> None:
     outcome = run_study(SPEC, out_dir=tmp_path, n_trials=4, workers=2, heartbeat=None)
     finished = [r for r in outcome.rows if r["state"] in ("complete", "pruned")]
@@ -255,6 +265,10 @@ def test_parallel_workers_share_one_storage(tmp_path: Path) -> None:
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study.db'}")
     workers = {t.user_attrs["worker"] for t in study.trials}
     assert len(workers) == 2
+    # reproducible, not fresh entropy: every rate is one of the sequences the two processes
+    # draw from their seeds (which process got which first trial is the race's)
+    possible = {lr for first in range(len(lrs)) for lr in sampled(first, len(lrs))}
+    assert set(lrs) <= possible, (lrs, possible)
 
 
 def test_a_resumed_study_does_not_repeat_its_first_parameters(tmp_path: Path) -> None:
@@ -263,6 +277,10 @@ def test_a_resumed_study_does_not_repeat_its_first_parameters(tmp_path: Path) ->
     assert [r.params for r in again.rows[:2]] == [r.params for r in first.rows]
     lrs = [r.params["lr"] for r in again.rows]
     assert len(set(lrs)) == 4, lrs
+    # reproducible: the first process drew the spec's sequence, the resumed one the sequence
+    # of (seed, its first trial), exactly
+    assert lrs[:2] == pytest.approx(sampled(0, 2))
+    assert lrs[2:] == pytest.approx(sampled(2, 2))
 
 
 @pytest.mark.parametrize(

@@ -15,12 +15,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
+from conftest import wait_until
 from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +100,9 @@ def test_parallel_workers_survive_a_killed_worker(postgres_url: str, tmp_path: P
     n_trials = 14
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # 3 workers, 2 cores
     command = [sys.executable, "-m", "gainsearch", "search", str(spec), "--storage", postgres_url]
-    command += ["--trials", str(n_trials), "--heartbeat", "1", "--retry-failed", "2", "--quiet"]
+    # a heartbeat of 5 s (a trial is failed after 10 s without one): 1 s failed a live worker
+    # starved of CPU (three workers on two cores)
+    command += ["--trials", str(n_trials), "--heartbeat", "5", "--retry-failed", "2", "--quiet"]
     workers = [
         subprocess.Popen(
             [*command, "--out", str(tmp_path / f"w{i}")],
@@ -110,18 +113,16 @@ def test_parallel_workers_survive_a_killed_worker(postgres_url: str, tmp_path: P
         for i in range(3)
     ]
     try:
-        deadline = time.time() + 120
-        study = None
-        while time.time() < deadline:  # kill worker 0 once all three are in a trial
+
+        def all_three_in_a_trial() -> bool:
             try:
                 study = optuna.load_study(study_name="pg", storage=postgres_url)
-                running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             except KeyError:
-                running = []
-            if len(running) == 3:
-                break
-            time.sleep(0.05)
-        assert study is not None, "the workers never started"
+                return False
+            return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) == 3
+
+        wait_until(all_three_in_a_trial, timeout=300, what="all three workers in a trial")
+        study = optuna.load_study(study_name="pg", storage=postgres_url)
         before = {t.state for t in study.get_trials(deepcopy=False)}
         finished_before = len(
             study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
@@ -152,6 +153,15 @@ def test_parallel_workers_survive_a_killed_worker(postgres_url: str, tmp_path: P
     # worker, the retry in a surviving one (trial numbers alone are unique by construction)
     others = [tuple(sorted(t.params.items())) for t in trials if t.number != failed[0].number]
     assert len(set(others)) == len(others)
+    # reproducible, not fresh entropy: each rate comes from the sequence of a process seeded
+    # by (the spec's seed, its first trial), as gainsearch.search.study.make_sampler says
+    dist = optuna.distributions.FloatDistribution(1e-3, 0.1, log=True)
+    possible = set()
+    for first in range(len(trials)):
+        seed = 0 if first == 0 else int(np.random.SeedSequence([0, first]).generate_state(1)[0])
+        reference = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        possible |= {reference.ask({"lr": dist}).params["lr"] for _ in range(len(trials))}
+    assert {t.params["lr"] for t in trials} <= possible
     pids = {t.user_attrs["worker"].rsplit(":", 1)[1] for t in trials}
     assert pids <= {str(w.pid) for w in workers}
     assert failed[0].user_attrs["worker"].endswith(f":{workers[0].pid}")

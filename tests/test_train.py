@@ -341,12 +341,14 @@ def test_modern_recipe_settings_change_training(digits: TensorData) -> None:
     )
     layouts: list[bool] = []
     hook = torch.nn.modules.module.register_module_forward_pre_hook(
-        lambda module, args: layouts.append(
-            args[0].is_contiguous(memory_format=torch.channels_last)
-            and not args[0].is_contiguous()
+        lambda module, args: (
+            layouts.append(
+                args[0].is_contiguous(memory_format=torch.channels_last)
+                and not args[0].is_contiguous()
+            )
+            if isinstance(module, torch.nn.Conv2d) and module.training
+            else None
         )
-        if isinstance(module, torch.nn.Conv2d) and module.training
-        else None
     )
     try:
         last = train_trial(
