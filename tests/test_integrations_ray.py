@@ -427,3 +427,31 @@ def test_gain_results_store_the_evaluation_in_the_result() -> None:
     other.on_trial_result(0, [], SimpleNamespace(trial_id="x"), stopped)
     assert stopped["prune_rule"] == "pruner" and "FIFOScheduler" in stopped["prune_reason"]
     assert stopped["diagnosis"] == "undetermined"
+
+
+def test_resuming_through_ray_client_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restored Tuner in Ray Client mode would run without this run's scheduler and
+    callbacks (they are installed on the local Tuner): refused, saying what to do instead."""
+    import ray.tune
+
+    import gainsearch.search.run_ray as ray_backend
+
+    monkeypatch.setattr(ray.tune.Tuner, "can_restore", staticmethod(lambda path: True))
+    restored: list[str] = []
+    monkeypatch.setattr(ray.tune.Tuner, "restore", lambda *a, **k: restored.append("called"))
+    run = ray_backend._Run(
+        SPEC,
+        "ray_e2e",
+        tmp_path,
+        dict(SPEC.train),
+        str(tmp_path / "ray_results"),
+        f"sqlite:///{tmp_path / 'study.db'}",
+        None,
+        None,
+        "ray://127.0.0.1:10001",
+    )
+    with pytest.raises(ValueError, match=r"resuming a Ray search through Ray Client \(ray://\)"):
+        run.tuner(1, 1, 0, ray_backend.gain_trainable, {})
+    assert not restored and not ray.is_initialized()

@@ -431,8 +431,7 @@ def run_tuner(
                 grid = tuner.fit()
             finally:
                 signal.signal(signal.SIGTERM, previous)
-            client_mode = getattr(tuner, "_local_tuner", None) is None  # ray:// runs remotely
-            return run.finish(grid, n_trials, client_mode)
+            return run.finish(grid, n_trials, run.client_mode)
         finally:
             if started:
                 ray.shutdown()
@@ -451,6 +450,11 @@ class _Run:
     deadline: float | None
     progress: Callable[[dict[str, Any]], None] | None
     address: str | None
+
+    @property
+    def client_mode(self) -> bool:
+        """Ray Client (``ray://``): the Tuner runs on the cluster, not in this process."""
+        return self.address is not None and self.address.startswith("ray://")
 
     def check_shared_storage(self) -> None:
         """Warn when a cluster's nodes may not see a local results path."""
@@ -496,7 +500,14 @@ class _Run:
 
     def callbacks(self, scheduler: TrialScheduler) -> list[Any]:
         """GainResults (the evaluation in every result), then the progress bar."""
-        out: list[Any] = [GainResults(scheduler, budget=self.budget)]
+        out: list[Any] = [
+            GainResults(
+                scheduler,
+                budget=self.budget,
+                metric=result_key(self.spec),
+                mode=self.spec.modes[0],
+            )
+        ]
         if self.progress:
             out.append(_ProgressCallback(self.progress, self.budget, result_key(self.spec)))
         return out
@@ -520,20 +531,20 @@ class _Run:
         scheduler = make_scheduler(self.spec)
         experiment = Path(self.results_path) / self.name
         if "://" not in self.results_path and Tuner.can_restore(str(experiment)):
+            if self.client_mode:
+                raise ValueError(
+                    f"--address {self.address!r}: resuming a Ray search through Ray Client "
+                    "(ray://) is not supported, the restored run would lose its scheduler and "
+                    "callbacks; run the same command on a node of the cluster with --address "
+                    f"auto, or start afresh with another --out. Nothing was changed in {self.out}."
+                )
             _check_same_spec(self.out, self.spec)
             tuner = Tuner.restore(
                 str(experiment), trainable=trainable, resume_errored=True, param_space=param_space
             )
             callbacks = self.callbacks(scheduler)
             _replay(callbacks[0].book, experiment)  # the scheduler's, or GainResults' own
-            local = getattr(tuner, "_local_tuner", None)
-            if local is not None:
-                local._tune_config.scheduler = scheduler
-                local._tune_config.search_alg = _DeadlineSearch.renew(
-                    local._tune_config.search_alg, self.deadline
-                )
-                local._tune_config.time_budget_s = None  # a run from before the deadline
-                local._run_config.callbacks = callbacks
+            _renew_restored(tuner, scheduler, self.deadline, callbacks)
             return tuner
         searcher = OptunaSearch(
             sampler=make_sampler(self.spec),
@@ -563,6 +574,31 @@ class _Run:
                 callbacks=self.callbacks(scheduler),
             ),
         )
+
+
+def _renew_restored(
+    tuner: Any, scheduler: TrialScheduler, deadline: float | None, callbacks: list[Any]
+) -> None:
+    """Give a restored Tuner this run's scheduler, deadline and callbacks.
+
+    The one place that uses Tune's private state, on purpose: ``Tuner.restore`` (Ray 2.60) takes
+    no scheduler, search algorithm or callbacks, and the pickled ones belong to the old run (a
+    scheduler without the peers' series, the old deadline, a progress callback that wrote to
+    the old process's stream). A Ray that no longer has these attributes is an error here,
+    not a resume that silently runs without them.
+    """
+    try:
+        tune_config = tuner._local_tuner._tune_config
+        run_config = tuner._local_tuner._run_config
+    except AttributeError as err:  # pragma: no cover - another Ray version
+        raise RuntimeError(
+            f"this Ray ({ray.__version__}) restores Tuners differently: gainsearch cannot give "
+            "the resumed search its scheduler and callbacks; start afresh with another --out"
+        ) from err
+    tune_config.scheduler = scheduler
+    tune_config.search_alg = _DeadlineSearch.renew(tune_config.search_alg, deadline)
+    tune_config.time_budget_s = None  # a run from before the deadline
+    run_config.callbacks = callbacks
 
 
 def _replay(book: GainScheduler, experiment: Path) -> None:
