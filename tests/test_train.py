@@ -360,8 +360,38 @@ def test_modern_recipe_settings_change_training(digits: TensorData) -> None:
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert layouts and all(layouts)
     smoothed = train_trial({**FAST, "label_smoothing": 0.2}, data=digits)
-    # the recorded loss is the optimised one: label smoothing keeps it above plain CE's floor
-    assert smoothed.history[-1]["train_loss"] > base.history[-1]["train_loss"]
+    # train_loss is the plain cross-entropy, the optimised (smoothed) loss is beside it
+    last = smoothed.history[-1]
+    assert last["train_objective"] > last["train_loss"] > 0
+    assert "train_objective" not in base.history[-1]  # without smoothing the two are one
+
+
+def test_the_recorded_loss_is_the_plain_cross_entropy_with_label_smoothing(
+    digits: TensorData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every cross-entropy the trainer computes in the epoch, watched: train_loss is the mean
+    of the plain ones (no smoothing), train_objective of the smoothed ones it optimised."""
+    import gainsearch.batteries.train as train_module
+
+    original = torch.nn.functional.cross_entropy
+    calls: dict[float, list[tuple[float, int]]] = {0.0: [], 0.2: []}
+
+    def watched(logits: torch.Tensor, target: torch.Tensor, **kwargs: float) -> torch.Tensor:
+        value = original(logits, target, **kwargs)
+        smoothing = float(kwargs.get("label_smoothing", 0.0))
+        calls[smoothing].append((float(value.detach()), int(target.numel())))
+        return value
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", watched)
+    result = train_trial({**FAST, "label_smoothing": 0.2, "epochs": 1}, data=digits)
+
+    def mean(pairs: list[tuple[float, int]]) -> float:
+        return sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
+
+    n = digits.x_train.shape[0]
+    assert sum(k for _, k in calls[0.2]) == sum(k for _, k in calls[0.0]) == n
+    assert result.history[0]["train_loss"] == pytest.approx(mean(calls[0.0]))
+    assert result.history[0]["train_objective"] == pytest.approx(mean(calls[0.2]))
 
 
 def test_augment_batch_crops_shifted_copies_and_flips_colour_only() -> None:

@@ -7,9 +7,12 @@ The loop (per epoch ``e = 1..epochs``)::
     -> GainMonitor.measure(model, e) -> [test loss/accuracy, reporting only] -> checkpoint
     -> callbacks (may stop the trial: return a reason string, or raise e.g. optuna.TrialPruned)
 
-The recorded ``train_loss`` of an epoch is the mean of the loss that was optimised over that
-epoch's batches, as the weights changed: augmented images and label smoothing included (this is
-what a training-loss baseline sees). ``lr`` is the learning rate of the epoch's last step.
+The recorded ``train_loss`` of an epoch is the mean plain cross-entropy of that epoch's batches,
+as the weights changed (augmented images included): the quantity the trial score and the
+diagnosis read. With label smoothing the loss that was optimised differs (its smoothing term
+grows with the smoothing, so it cannot compare trials across smoothing values); it is recorded
+beside it as ``train_objective``. ``lr`` is the learning rate the optimizer applied at the
+epoch's last step.
 
 A non-finite training loss or gain ends the trial with status ``"diverged"``. A checkpoint holds
 model, optimizer, monitor history, per-epoch records and RNG states; ``train_trial`` resumes from
@@ -248,8 +251,10 @@ class EpochContext:
     Attributes:
         epoch: The epoch just finished (1-based).
         diverged: The training loss or the gain went non-finite this epoch (the trial ends).
-        record: This epoch's record: ``epoch``, ``train_loss``, ``lr``, ``gain``, ``gain_max``,
-            ``winner``, ``seconds`` (+ ``test_loss``, ``test_acc`` with ``eval_test``).
+        record: This epoch's record: ``epoch``, ``train_loss`` (plain cross-entropy),
+            ``train_objective`` (the optimised loss, with label smoothing), ``lr``, ``gain``,
+            ``gain_max``, ``winner``, ``seconds`` (+ ``test_loss``, ``test_acc`` with
+            ``eval_test``).
         history: All records so far, this one last.
         monitor: The trial's :class:`GainMonitor`.
         model: The model being trained.
@@ -418,7 +423,7 @@ def train_trial(
     if status == COMPLETED:
         for epoch in range(start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
-            train_loss, lr_last = _train_epoch(
+            train_loss, lr_last, objective = _train_epoch(
                 model,
                 optimizer,
                 x_train,
@@ -431,6 +436,8 @@ def train_trial(
                 scaler=scaler,
             )
             record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": lr_last}
+            if cfg.label_smoothing:
+                record["train_objective"] = objective  # the smoothed loss that was optimised
             if monitor:
                 reading = gain_monitor.measure(model, epoch)
                 record.update(gain=reading.gain, gain_max=reading.gain_max, winner=reading.winner)
@@ -687,9 +694,10 @@ def _train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     augment: torch.Generator | None = None,
     scaler: torch.amp.GradScaler | None = None,
-) -> tuple[float, float]:
-    """One pass over the data: (the mean training loss, NaN/inf if the epoch diverged; the
-    learning rate the optimizer applied at the epoch's last step, as it read it).
+) -> tuple[float, float, float]:
+    """One pass over the data: (the mean plain cross-entropy, NaN/inf if the epoch diverged;
+    the learning rate the optimizer applied at the epoch's last step; the mean optimised loss,
+    which differs from the first with label smoothing).
 
     The loss is summed on the model's device and read once per epoch: no host sync per step.
     The schedule steps after every batch. ``KeyboardInterrupt`` before any batch once
@@ -698,6 +706,7 @@ def _train_epoch(
     model.train()
     order = torch.randperm(x.shape[0], generator=generator).to(x.device)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
+    ce_total = torch.zeros((), dtype=torch.float64, device=x.device)
     dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(cfg.precision)
     lr = float(optimizer.param_groups[0]["lr"])
     for start in range(0, x.shape[0], cfg.batch_size):
@@ -708,7 +717,12 @@ def _train_epoch(
         if cfg.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-            loss = F.cross_entropy(model(xb), y[idx], label_smoothing=cfg.label_smoothing)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, y[idx], label_smoothing=cfg.label_smoothing)
+        if cfg.label_smoothing:
+            with torch.no_grad():
+                plain = F.cross_entropy(logits.float(), y[idx])
+            ce_total += plain.to(torch.float64) * idx.numel()
         optimizer.zero_grad(set_to_none=True)
         lr = float(optimizer.param_groups[0]["lr"])  # what this step applies
         if scaler is not None:
@@ -721,7 +735,9 @@ def _train_epoch(
         if scheduler is not None:
             scheduler.step()
         total += loss.detach().to(torch.float64) * idx.numel()
-    return float(total) / x.shape[0], lr
+    optimised = float(total) / x.shape[0]
+    plain_mean = float(ce_total) / x.shape[0] if cfg.label_smoothing else optimised
+    return plain_mean, lr, optimised
 
 
 def _evaluate(
