@@ -217,6 +217,9 @@ class Stats:
     kendall: float
     regret: float
     early: float
+    #: Spearman over the grid points whose merged run trained (did not diverge): a diverged
+    #: run counts as accuracy 0 and ranks last for every signal, which inflates ``spearman``
+    spearman_trained: float = math.nan
 
 
 def _rank_values(values: np.ndarray) -> np.ndarray:
@@ -235,31 +238,52 @@ def _nanmean(values: Sequence[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
-def evaluate(setup: SetupRuns, objective: Objective, *, split: bool = False) -> Stats:
-    """Spearman, Kendall, regret and early Spearman of one objective on one set-up."""
-    rhos, taus, regrets, early = [], [], [], []
+def trained(run: dict[str, Any]) -> bool:
+    """The merged run trained: it did not diverge and has a finite test accuracy."""
+    value = run["history"][-1]["test_acc"] if run["history"] else math.nan
+    return run["status"] != "diverged" and math.isfinite(value)
+
+
+def evaluate(
+    setup: SetupRuns, objective: Objective, *, split: bool = False, key: str = "val_loss"
+) -> Stats:
+    """Spearman, Kendall, regret and early Spearman of one objective on one set-up (with
+    ``split``: of the split run's final ``key``, ``val_loss`` or ``val_acc``)."""
+    rhos, taus, regrets, early, rhos_trained = [], [], [], [], []
     for pairs in setup.grid.values():
         accs = np.array([test_acc(m) for m, _ in pairs])
         if split:
-            values = np.array([_val(s) for _, s in pairs])
+            values = np.array([_val(s, key) for _, s in pairs])
         else:
             values = np.array([objective(m["history"]) for m, _ in pairs])
         ranked = _rank_values(values)
         rhos.append(_corr(stats.spearmanr, ranked, accs))
+        keep = np.array([trained(m) for m, _ in pairs])
+        if keep.sum() >= 3:
+            rhos_trained.append(_corr(stats.spearmanr, _rank_values(values[keep]), accs[keep]))
         taus.append(_corr(stats.kendalltau, ranked, accs))
         regrets.append(100.0 * (accs.max() - accs[int(np.argmax(ranked))]))
         if not split:
             for t in (2, 3):
                 at_t = np.array([objective(m["history"][:t]) for m, _ in pairs])
                 early.append(_corr(stats.spearmanr, _rank_values(at_t), accs))
-    return Stats(_nanmean(rhos), _nanmean(taus), float(np.mean(regrets)), _nanmean(early))
+    return Stats(
+        _nanmean(rhos),
+        _nanmean(taus),
+        float(np.mean(regrets)),
+        _nanmean(early),
+        _nanmean(rhos_trained),
+    )
 
 
-def _val(split_run: dict[str, Any] | None) -> float:
+def _val(split_run: dict[str, Any] | None, key: str = "val_loss") -> float:
+    """The split run's final validation loss (negated: higher is better) or accuracy."""
     if split_run is None or split_run["status"] == "diverged":
         return math.nan
-    value = split_run["history"][-1]["val_loss"]
-    return -value if math.isfinite(value) else math.nan
+    value = split_run["history"][-1][key]
+    if not math.isfinite(value):
+        return math.nan
+    return -value if key == "val_loss" else float(value)
 
 
 def random_regret(setup: SetupRuns) -> float:
@@ -406,10 +430,11 @@ def pruning_replay(setup: SetupRuns, seed_order: int = 0) -> dict[str, dict[str,
         "MedianPruner (Optuna's defaults), loss": (optuna.pruners.MedianPruner, loss, "minimize"),
         "MedianPruner (3 peers, from epoch 1), loss": (median_like_gain_pruner, loss, "minimize"),
     }
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for way, (make, value_of, direction) in ways.items():
         used = full = 0
         regrets = []
+        rules: dict[str, int] = {}
         for seed, pairs in setup.grid.items():
             order = np.random.default_rng(1000 * seed_order + seed).permutation(len(pairs))
             study = optuna.create_study(direction=direction, pruner=make())
@@ -429,6 +454,12 @@ def pruning_replay(setup: SetupRuns, seed_order: int = 0) -> dict[str, dict[str,
                     value = value_of(h[:e])
                     trial.report(value if math.isfinite(value) else math.nan, e)
                     if diverged or trial.should_prune():  # a diverged trial cannot go on
+                        if isinstance(study.pruner, GainPruner):  # which rule pruned it
+                            frozen = next(t for t in study.trials if t.number == trial.number)
+                            rule = study.pruner.decision(study, frozen).rule
+                        else:
+                            rule = "diverged" if diverged else "pruner"
+                        rules[rule] = rules.get(rule, 0) + 1
                         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                         pruned = True
                         break
@@ -440,8 +471,28 @@ def pruning_replay(setup: SetupRuns, seed_order: int = 0) -> dict[str, dict[str,
             best = max(test_acc(m) for m, _ in pairs)
             chosen = min(finals)[1] if finals else 0.0
             regrets.append(100.0 * (best - chosen))
-        out[way] = {"epochs": used / full, "regret": float(np.mean(regrets))}
+        out[way] = {"epochs": used / full, "regret": float(np.mean(regrets)), "rules": rules}
     return out
+
+
+#: Random orders of the pruning replay for its spread (order 0 is the published table's).
+PRUNING_ORDERS = 10
+
+
+def pruning_orders(setups: Sequence[SetupRuns]) -> dict[str, Any]:
+    """The replay's mean epochs fraction over the set-ups, for each of ``PRUNING_ORDERS``
+    random trial orders: how much of a gap between two ways is the order's."""
+    per_order: dict[str, list[float]] = {}
+    for order in range(PRUNING_ORDERS):
+        replays = [pruning_replay(s, seed_order=order) for s in setups]
+        for way in replays[0]:
+            per_order.setdefault(way, []).append(
+                float(np.mean([r[way]["epochs"] for r in replays]))
+            )
+    return {
+        way: {"per_order": v, "mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1))}
+        for way, v in per_order.items()
+    }
 
 
 def diagnosis_agreement(setup: SetupRuns) -> tuple[int, int]:
@@ -480,6 +531,9 @@ def summarise(setups: Sequence[SetupRuns]) -> dict[str, Any]:
         rows["-validation loss (80/20 split, reference)"] = evaluate(
             s, neg_final_loss, split=True
         ).__dict__
+        rows["validation accuracy (80/20 split, reference)"] = evaluate(
+            s, neg_final_loss, split=True, key="val_acc"
+        ).__dict__
         per_setup[s.name] = {
             "title": s.meta["title"],
             "role": s.role,
@@ -502,6 +556,7 @@ def summarise(setups: Sequence[SetupRuns]) -> dict[str, Any]:
         },
         "floor": floor_counts(setups),
         "pruning": {s.name: pruning_replay(s) for s in setups},
+        "pruning_orders": pruning_orders(setups),
         "diagnosis": {s.name: diagnosis_agreement(s) for s in setups},
     }
 
@@ -548,6 +603,18 @@ def print_tables(summary: dict[str, Any]) -> None:
         + " | ".join(f"0 / {_fmt(r)}" for r in rnd)
         + f" | 0 | {_fmt(float(np.mean(rnd)))} | 0 |"
     )
+
+    print(
+        "\n## Spearman over the runs that trained (diverged runs left out: as accuracy 0 they rank"
+        " last for every signal)\n"
+    )
+    print("| objective | " + " | ".join(names) + " | mean (all runs) | mean (runs that trained) |")
+    print("|---" * (len(names) + 3) + "|")
+    for o in objectives:
+        cells = [_fmt(per[n]["fixed"][o]["spearman_trained"]) for n in names]
+        rho = _nanmean([per[n]["fixed"][o]["spearman"] for n in names])
+        rho_t = _nanmean([per[n]["fixed"][o]["spearman_trained"] for n in names])
+        print(f"| {o} | " + " | ".join(cells) + f" | {_fmt(rho)} | {_fmt(rho_t)} |")
 
     loss = {n: per[n]["fixed"]["-final training loss"] for n in names}
     for protocol, title in (
@@ -614,6 +681,24 @@ def print_tables(summary: dict[str, Any]) -> None:
     print(
         "| mean | " + " | ".join(f"{100 * e:.0f} % / {_fmt(r)}" for e, r in means.values()) + " |"
     )
+    print("\n## Which rule pruned, in the replay (all set-ups, order 0)\n")
+    for w in ways:
+        counts: dict[str, int] = {}
+        for row in summary["pruning"].values():
+            for rule, k in row[w].get("rules", {}).items():
+                counts[rule] = counts.get(rule, 0) + k
+        print(f"- {w}: " + (", ".join(f"{r} {k}" for r, k in sorted(counts.items())) or "none"))
+    orders = summary.get("pruning_orders", {})
+    if orders:
+        print(
+            f"\n## Epochs trained over {PRUNING_ORDERS} random trial orders (mean of the set-ups;"
+            " mean ± sd over orders, min-max)\n"
+        )
+        for w, v in orders.items():
+            print(
+                f"- {w}: {100 * v['mean']:.1f} % ± {100 * v['sd']:.1f} "
+                f"({100 * min(v['per_order']):.1f}-{100 * max(v['per_order']):.1f})"
+            )
 
     print("\n## Diagnosis agreement with the test-curve ground truth\n")
     total = [0, 0]
