@@ -27,6 +27,7 @@ from gainsearch.core.spectral import (
     DEFAULT_EPS,
     Target,
     _check_in_shape,
+    _check_smoothing,
     _check_target,
     impulse_probe,
     maximum_gain,
@@ -141,15 +142,7 @@ class GainMonitor:
             raise ValueError(f"normalize must be True or False, but got normalize={normalize!r}.")
         if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
             raise ValueError(f"eps must be a positive finite number, but got eps={eps!r}.")
-        if not (
-            isinstance(smoothing, (int, float))
-            and not isinstance(smoothing, bool)
-            and math.isfinite(smoothing)
-            and smoothing >= 0
-        ):
-            raise ValueError(
-                f"smoothing must be a non-negative number, but got smoothing={smoothing!r}."
-            )
+        _check_smoothing(smoothing)
         self.smoothing = float(smoothing)
         self.in_shape: tuple[int, int, int] = tuple(in_shape)  # type: ignore[assignment,arg-type]
         self.probe = probe

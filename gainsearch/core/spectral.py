@@ -184,10 +184,7 @@ def data_derivative(
     """
     x = _resolve_probe(model, probe, in_shape)
     _check_target(target)
-    if not (isinstance(smoothing, (int, float)) and math.isfinite(smoothing) and smoothing >= 0):
-        raise ValueError(
-            f"smoothing must be a non-negative number, but got smoothing={smoothing!r}."
-        )
+    _check_smoothing(smoothing)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive integer, but got samples={samples!r}.")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
@@ -383,6 +380,20 @@ def _check_in_shape(in_shape: Sequence[int] | None) -> tuple[int, int, int]:
             f"in_shape must be three positive integers (C, H, W), but got in_shape={in_shape!r}."
         )
     return shape  # type: ignore[return-value]
+
+
+def _check_smoothing(smoothing: object) -> float:
+    """``smoothing`` as a float, or the error naming it (a non-negative finite number)."""
+    if not (
+        isinstance(smoothing, (int, float))
+        and not isinstance(smoothing, bool)
+        and math.isfinite(smoothing)
+        and smoothing >= 0
+    ):
+        raise ValueError(
+            f"smoothing must be a non-negative number, but got smoothing={smoothing!r}."
+        )
+    return float(smoothing)
 
 
 def _check_target(target: object) -> None:

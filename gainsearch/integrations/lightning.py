@@ -35,7 +35,7 @@ from gainsearch.core.decision import DIVERGED, Decision
 from gainsearch.core.evaluation import evaluate
 from gainsearch.core.monitor import GainMonitor
 from gainsearch.core.objective import METRICS, TrialScoreConfig
-from gainsearch.core.spectral import Target, _check_in_shape, _check_target
+from gainsearch.core.spectral import Target, _check_in_shape, _check_smoothing, _check_target
 
 try:
     import lightning.pytorch as pl
@@ -133,15 +133,7 @@ class GainCallback(pl.Callback):
             raise ValueError(f"every_n_epochs must be an integer >= 1, but got {every_n_epochs=}.")
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be an integer >= 1, but got {every_n_epochs=}.")
-        if not (
-            isinstance(smoothing, (int, float))
-            and not isinstance(smoothing, bool)
-            and math.isfinite(smoothing)
-            and smoothing >= 0
-        ):
-            raise ValueError(
-                f"smoothing must be a non-negative number, but got smoothing={smoothing!r}."
-            )
+        _check_smoothing(smoothing)
         _check_target(target)
         self.target: Target = target
         self.in_shape = None if in_shape is None else _check_in_shape(in_shape)
