@@ -241,6 +241,11 @@ def test_ray_backend_interrupted_then_resumed_by_the_same_command(
     rows_before = (out / "trials.csv").read_text().splitlines()
     cut = [int(line.split(",")[0]) for line in rows_before[1:] if ",interrupted," in line]
     assert cut
+    # the study records every trial as it ended: the interrupted ones failed, none running
+    storage = f"sqlite:///{out / 'study.db'}"
+    states = [t.state for t in optuna.load_study(study_name="ray_cli", storage=storage).trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert states.count(optuna.trial.TrialState.FAIL) == len(cut)
     done_before = [line for line in rows_before[1:] if ",complete," in line]
     assert done_before
 
@@ -258,6 +263,15 @@ def test_ray_backend_interrupted_then_resumed_by_the_same_command(
     assert all(",complete," in line for line in rows_after[1:])
     for line in done_before:  # finished trials are kept as they were
         assert line in rows_after
+    # after the resume: the study holds the four trials complete (and the interrupted ones'
+    # failed records), none running, each with its intermediate values and curve
+    study = optuna.load_study(study_name="ray_cli", storage=storage)
+    assert optuna.trial.TrialState.RUNNING not in {t.state for t in study.trials}
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 4
+    assert all(
+        len(t.intermediate_values) == 6 and len(t.user_attrs["gain_curve"]) == 6 for t in complete
+    )
     # the Ray back end leaves the same report as the Optuna one: curves, losses, spectra
     rows = json.loads((out / "trials.json").read_text())["rows"]
     for row in rows:

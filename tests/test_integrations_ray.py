@@ -455,3 +455,63 @@ def test_resuming_through_ray_client_is_refused(
     with pytest.raises(ValueError, match=r"resuming a Ray search through Ray Client \(ray://\)"):
         run.tuner(1, 1, 0, ray_backend.gain_trainable, {})
     assert not restored and not ray.is_initialized()
+
+
+def test_the_ray_study_is_the_record_the_optuna_back_end_keeps(tmp_path: Path) -> None:
+    """The same spec and seed on both back ends (one trial at a time on Ray, so the peers are
+    the same): the Ray back end's study holds the same states, values, intermediate values and
+    user attributes as the Optuna back end's, and its report from the URL shows the table of
+    its report from the directory."""
+    from optuna.trial import TrialState
+
+    from gainsearch.report import load_run
+    from gainsearch.search.run_optuna import run_study
+
+    spec = parse_spec(
+        {
+            "name": "record",
+            "train": {"dataset": "digits", "model": "digits_lenet", "epochs": 3, "batch_size": 256},
+            "search": {"lr": {"type": "float", "low": 1e-3, "high": 10.0, "log": True}},
+            "pruner": {"grace_period": 1, "min_peers": 1},
+            "sampler": {"type": "random", "seed": 5},
+        }
+    )
+    run_study(spec, out_dir=tmp_path / "optuna", n_trials=5, heartbeat=None)
+    run_tuner(spec, out_dir=tmp_path / "ray", n_trials=5, max_concurrent=1)
+    assert not ray.is_initialized()
+    studies = [
+        optuna.load_study(study_name="record", storage=f"sqlite:///{tmp_path / b / 'study.db'}")
+        for b in ("optuna", "ray")
+    ]
+    ours, theirs = (sorted(s.trials, key=lambda t: t.number) for s in studies)
+    assert len(ours) == len(theirs) == 5
+    states = [t.state for t in theirs]
+    assert TrialState.RUNNING not in states and TrialState.COMPLETE in states
+    rules = {t.user_attrs.get("prune_rule") for t in theirs}
+    assert {"diverged", "below_percentile"} <= rules  # pruned and diverged trials recorded
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.state == b.state, (a.number, a.user_attrs.get("prune_reason"))
+        assert a.params == pytest.approx(b.params)
+        assert (a.value is None) == (b.value is None)
+        if a.value is not None:
+            assert a.value == pytest.approx(b.value)
+        assert sorted(a.intermediate_values) == sorted(b.intermediate_values)
+        for step, value in a.intermediate_values.items():
+            other = b.intermediate_values[step]
+            assert (math.isnan(value) and math.isnan(other)) or value == pytest.approx(other)
+        for key in ("gain_curve", "gain_epochs", "train_loss", "diagnosis", "prune_rule"):
+            assert a.user_attrs.get(key) == pytest.approx(b.user_attrs.get(key)), key
+        assert a.user_attrs.get("prune_reason") == b.user_attrs.get("prune_reason")
+        assert b.user_attrs["ray_trial_id"] and b.user_attrs["config"]["lr"] == b.params["lr"]
+
+    def table(source: str) -> list[tuple]:
+        return [
+            (r.state, r.params, r.value, r.epochs, r.diagnosis, r.prune_rule, r.prune_reason)
+            for r in load_run(source).rows
+        ]
+
+    url = f"sqlite:///{tmp_path / 'ray' / 'study.db'}"
+    assert table(url) == table(str(tmp_path / "ray"))
+    # written once: a second run of the finished search adds nothing
+    run_tuner(spec, out_dir=tmp_path / "ray", n_trials=5, max_concurrent=1)
+    assert len(optuna.load_study(study_name="record", storage=url).trials) == 5

@@ -43,7 +43,7 @@ CURVE_ATTR = "gain_curve"
 #: The user attribute that holds the epoch numbers of the gain curve.
 EPOCHS_ATTR = "gain_epochs"
 #: The user attribute that holds the training loss of each measured epoch.
-LOSS_ATTR = "train_loss_curve"
+LOSS_ATTR = "train_loss"
 #: The user attribute that names the metric reported as the intermediate value.
 METRIC_ATTR = "gain_metric"
 #: The user attribute set on a trial whose training loss went non-finite.

@@ -64,6 +64,10 @@ class TrialRow:
         trial_id: Ray Tune's trial id.
         epoch_log: Ray: the epochs in the order reported (a restored trial repeats some).
         nodes: Ray: the nodes the trial ran on.
+        value_curve: The reported metric per epoch (Optuna's intermediate values; ``None``
+            where non-finite or not reported).
+        decision_rule: The decision core's rule at the trial's last epoch, and its reason.
+        config: The trial's resolved training configuration.
     """
 
     number: int
@@ -84,10 +88,15 @@ class TrialRow:
     trial_id: str = ""
     epoch_log: list[int] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list)
+    value_curve: list[float | None] = field(default_factory=list)
+    decision_rule: str = ""
+    decision_reason: str = ""
+    config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:  # one form for a missing reading: None (as in JSON)
         self.gain_curve = [_finite_or_none(v) for v in self.gain_curve]
         self.train_loss = [_finite_or_none(v) for v in self.train_loss]
+        self.value_curve = [_finite_or_none(v) for v in self.value_curve]
 
     @property
     def final_gain(self) -> float | None:

@@ -91,8 +91,7 @@ class GainObjective:
         ]
 
         def on_epoch(ctx: EpochContext) -> None:
-            losses.append(float(ctx.record["train_loss"]))
-            trial.set_user_attr("train_loss", finite_json(losses))
+            losses.append(float(ctx.record["train_loss"]))  # stored by report_gain
             if ctx.epoch == config.epochs and not ctx.diverged:  # for the report's figure
                 trial.set_user_attr("spectrum", ctx.monitor.spectrum(ctx.model))
             if self.eval_test:  # recorded for evaluation only: nothing below reads them

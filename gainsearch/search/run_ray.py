@@ -1,9 +1,9 @@
 """The Ray Tune runner behind ``gainsearch search --backend ray``: the built-in trainer as a
 function trainable (:func:`gain_trainable`, reported through
 :func:`gainsearch.integrations.ray.report_gain`, one checkpoint per epoch) and
-:func:`run_tuner`: Optuna's TPE through ``OptunaSearch`` on the study of
-:mod:`gainsearch.search.study`, the spec's pruner as a scheduler, a local Ray on loopback or
-``--address`` to join a cluster, resume. Needs ``pip install gainsearch[ray]``.
+:func:`run_tuner`: Optuna's TPE through ``OptunaSearch`` (the trials recorded in the study of
+:mod:`gainsearch.search.study` as they end), the spec's pruner as a scheduler, a local Ray on
+loopback or ``--address`` to join a cluster, resume. Needs ``pip install gainsearch[ray]``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,13 @@ from gainsearch.core.objective import ScoreConfig, TrialScoreConfig
 from gainsearch.integrations.ray import SCORE, TRIAL_SCORE, GainResults, GainScheduler, report_gain
 from gainsearch.search.results import Outcome, TrialRow, check_out_dir, write_results
 from gainsearch.search.spaces import ExperimentSpec, read_yaml_mapping, spec_differences
-from gainsearch.search.study import check_timeout, make_sampler, make_storage
+from gainsearch.search.study import (
+    check_same_space,
+    check_timeout,
+    create_study,
+    make_sampler,
+    write_trials,
+)
 
 try:
     import ray
@@ -382,9 +388,11 @@ def run_tuner(
         address: Existing cluster (``auto``, ``host:port``, ``ray://...``); ``None`` starts a local
             Ray on loopback.
         storage_path: Results location; on a multi-node cluster a shared path or a bucket URI.
-        storage: Optuna storage URL of the TPE study behind ``OptunaSearch`` (default
-            ``sqlite:///OUT/study.db``): the study opens in optuna-dashboard as on the Optuna
-            back end.
+        storage: Optuna storage URL of the study the trials are recorded in (default
+            ``sqlite:///OUT/study.db``), as they ended: states, intermediate values and user
+            attributes as on the Optuna back end (:func:`~gainsearch.search.study.write_trials`),
+            so ``gainsearch report URL``, ``optuna.visualization`` and optuna-dashboard show
+            what ``trials.csv`` shows. Written when the run ends (also on SIGINT/SIGTERM).
         study_name: Name of the Optuna study and of the Ray experiment (default: the spec's).
         eval_test: Record test metrics per epoch (evaluation only).
         max_failures: Restarts per trial from its last checkpoint (``FailureConfig``).
@@ -410,11 +418,15 @@ def run_tuner(
     if "://" not in results_path:
         results_path = str(Path(results_path).expanduser().resolve())
     study_url = storage or f"sqlite:///{out / 'study.db'}"
-    make_storage(study_url, heartbeat=None)  # a clear error before Ray starts
+    # the study every trial is recorded in as it ended (write_trials); opened now, so that a bad
+    # URL or a study of another spec is an error before Ray starts
+    study = create_study(spec, study_url, study_name=name, heartbeat=None)
+    check_same_space(study, spec)
     # One checkpoint per epoch is the point of fault tolerance here; Ray's advice to snapshot
     # less often does not apply to epochs of seconds.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     run = _Run(spec, name, out, train, results_path, study_url, deadline, progress, address)
+    run.study = study
     with _quiet_expected_warnings(NAN_SCORE):
         started = connect(address, num_cpus=None)
         try:
@@ -450,6 +462,7 @@ class _Run:
     deadline: float | None
     progress: Callable[[dict[str, Any]], None] | None
     address: str | None
+    study: Any = None  # the Optuna study the trials are recorded in (optuna.Study)
 
     @property
     def client_mode(self) -> bool:
@@ -470,6 +483,8 @@ class _Run:
     def finish(self, grid: Any, n_trials: int, client_mode: bool) -> RayOutcome:
         """The rows, the best trial and the result files of a fitted grid."""
         rows = result_rows(grid, self.spec, self.budget, client_mode=client_mode)
+        if self.study is not None:  # the study holds every trial as it ended, as on Optuna
+            write_trials(self.study, rows, self.spec)
         best = _best(rows, self.spec, self.train)
         write_results(self.out, self.spec, rows, best, self.study_url, self.name)
         timed_out = self.deadline is not None and _now() >= self.deadline
@@ -546,13 +561,10 @@ class _Run:
             _replay(callbacks[0].book, experiment)  # the scheduler's, or GainResults' own
             _renew_restored(tuner, scheduler, self.deadline, callbacks)
             return tuner
-        searcher = OptunaSearch(
-            sampler=make_sampler(self.spec),
-            metric=metric,
-            mode=mode,
-            storage=make_storage(self.study_url, heartbeat=None),
-            study_name=self.name,
-        )
+        # TPE's working copy of the study lives in the searcher (in memory, saved with Tune's
+        # experiment state and restored with it); the study in --storage is written from the
+        # typed rows as trials end (write_trials), with their real states
+        searcher = OptunaSearch(sampler=make_sampler(self.spec), metric=metric, mode=mode)
         return Tuner(
             trainable,
             param_space=param_space,
@@ -667,6 +679,7 @@ def result_rows(
     for number, result in enumerate(ordered):
         metrics = dict(result.metrics or {})
         curve, losses, nodes, epoch_log = _history(result.metrics_dataframe)
+        values_by_epoch = _series(result.metrics_dataframe, result_key(spec))
         epochs = int(metrics.get("epoch", len(curve)) or 0)
         rule, reason = str(metrics.get("prune_rule") or ""), str(metrics.get("prune_reason") or "")
         if result.error is not None:
@@ -704,9 +717,33 @@ def result_rows(
                 nodes=nodes,
                 train_loss=losses,
                 spectrum=metrics.get("spectrum"),
+                value_curve=[values_by_epoch.get(e) for e in range(1, len(curve) + 1)],
+                decision_rule=str(metrics.get("decision_rule") or ""),
+                decision_reason=str(metrics.get("decision_reason") or ""),
+                config=_config_of(spec, result.config or {}),
             )
         )
     return rows
+
+
+def _series(history: Any, key: str) -> dict[int, float | None]:
+    """The last reported ``key`` of each epoch in a trial's results."""
+    if history is None or key not in history or "epoch" not in history:
+        return {}
+    out: dict[int, float | None] = {}
+    for epoch, value in zip(history["epoch"], history[key], strict=False):
+        if epoch == epoch:  # not NaN
+            out[int(epoch)] = None if value is None or value != value else float(value)
+    return out
+
+
+def _config_of(spec: ExperimentSpec, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The trial's resolved training configuration (as the Optuna back end stores it)."""
+    try:
+        params = {k: v for k, v in config.items() if k != GAINSEARCH_KEY}
+        return spec.train_config(params).to_dict()
+    except (ValueError, TypeError):
+        return None
 
 
 def _history(
