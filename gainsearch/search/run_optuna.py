@@ -47,6 +47,7 @@ from gainsearch.search.study import (
     check_timeout,
     create_study,
     finished_count,
+    make_storage,
     study_counts,
     trial_rows,
 )
@@ -268,6 +269,8 @@ def run_study(
     out = Path(out_dir)
     name = study_name or spec.name
     check_out_dir(out, name)
+    if storage is not None:  # a storage elsewhere: a bad URL is refused before OUT is made
+        make_storage(storage, heartbeat=None)
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     study = create_study(spec, url, study_name=name, heartbeat=heartbeat, retry_failed=retry_failed)

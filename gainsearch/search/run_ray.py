@@ -408,6 +408,8 @@ def run_tuner(
     out = Path(out_dir).resolve()
     name = study_name or spec.name
     check_out_dir(out, name)
+    if storage is not None:  # a storage elsewhere: a bad URL is refused before OUT is made
+        create_study(spec, storage, study_name=name, heartbeat=None)
     out.mkdir(parents=True, exist_ok=True)
     train = dict(spec.train)
     if train.get("data_root") and "://" not in str(train["data_root"]):
