@@ -483,14 +483,23 @@ def pruning_orders(setups: Sequence[SetupRuns]) -> dict[str, Any]:
     """The replay's mean epochs fraction over the set-ups, for each of ``PRUNING_ORDERS``
     random trial orders: how much of a gap between two ways is the order's."""
     per_order: dict[str, list[float]] = {}
+    rules: dict[str, dict[str, int]] = {}
     for order in range(PRUNING_ORDERS):
         replays = [pruning_replay(s, seed_order=order) for s in setups]
         for way in replays[0]:
             per_order.setdefault(way, []).append(
                 float(np.mean([r[way]["epochs"] for r in replays]))
             )
+            for r in replays:
+                for rule, k in r[way]["rules"].items():
+                    rules.setdefault(way, {})[rule] = rules.get(way, {}).get(rule, 0) + k
     return {
-        way: {"per_order": v, "mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1))}
+        way: {
+            "per_order": v,
+            "mean": float(np.mean(v)),
+            "sd": float(np.std(v, ddof=1)),
+            "rules": rules.get(way, {}),
+        }
         for way, v in per_order.items()
     }
 
@@ -695,9 +704,11 @@ def print_tables(summary: dict[str, Any]) -> None:
             " mean ± sd over orders, min-max)\n"
         )
         for w, v in orders.items():
+            counts = ", ".join(f"{r} {k}" for r, k in sorted(v.get("rules", {}).items()))
             print(
                 f"- {w}: {100 * v['mean']:.1f} % ± {100 * v['sd']:.1f} "
-                f"({100 * min(v['per_order']):.1f}-{100 * max(v['per_order']):.1f})"
+                f"({100 * min(v['per_order']):.1f}-{100 * max(v['per_order']):.1f}); "
+                f"pruned by: {counts or 'none'}"
             )
 
     print("\n## Diagnosis agreement with the test-curve ground truth\n")
