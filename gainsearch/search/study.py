@@ -284,10 +284,7 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
                 test_acc_curve=list(test) if isinstance(test, list) else None,
                 trial_id=str(attrs.get(RAY_TRIAL_ATTR, "")),
                 value_curve=[steps.get(e) for e in range(1, max(steps, default=0) + 1)],
-                **{
-                    key: attrs[key] if key in attrs else _ROW_DEFAULTS[key]
-                    for key in _ROW_ATTRS
-                },
+                **{key: attrs[key] if key in attrs else _ROW_DEFAULTS[key] for key in _ROW_ATTRS},
             )
         )
     return rows
@@ -347,8 +344,7 @@ def write_trials(study: optuna.Study, rows: list[TrialRow], spec: ExperimentSpec
                 distributions={k: d for k, d in distributions.items() if k in row.params},
                 user_attrs=attrs,
                 intermediate_values={  # a non-finite report is NaN, as Optuna stores it
-                    e: math.nan if v is None else float(v)
-                    for e, v in enumerate(row.value_curve, 1)
+                    e: math.nan if v is None else float(v) for e, v in enumerate(row.value_curve, 1)
                 },
             )
         )
