@@ -84,9 +84,8 @@ class DecisionConfig:
 
     Defaults (judged from the first reading against the median of at least 3 peers, as Optuna's
     ``MedianPruner``) were chosen on ``benchmarks/pruning.py`` (paper's LeNet, mnist5k, 20 TPE
-    trials): 50.3 % fewer epochs than no pruning, the same best test accuracy; replayed on the
-    grid of ``benchmarks/selection.py``: 32.1 % (digits) and 15.4 % (mnist5k) fewer epochs,
-    regret 0.39 and 0.00 points.
+    trials) and the grid of ``benchmarks/selection.py``; the README's Benchmarks and Evidence
+    sections give their figures, each with the command that prints it.
 
     Attributes:
         grace_period: The first epoch (number) at which a trial may be pruned for anything but
