@@ -484,14 +484,13 @@ def _search(args: argparse.Namespace, spec: Any) -> int:
     """Run the search on the chosen back end; the table, the summary and the report."""
     kwargs = {name: getattr(args, name) for name in SEARCH_ARGS}
     if args.backend == "ray":
-        if args.workers != 1:
-            raise CliError("--workers belongs to --backend optuna; with ray use --max-concurrent.")
         try:
             from gainsearch.search.run_ray import run_tuner
         except ImportError as err:
             raise CliError(f"{err}") from err
         run: Callable[..., Any] = run_tuner
         kwargs.update({name: getattr(args, name) for name in RAY_ARGS})
+        kwargs["ray_output"] = args.verbose  # Ray's own reporting only with --verbose
     else:
         from gainsearch.search.run_optuna import run_study
 

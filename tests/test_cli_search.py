@@ -234,10 +234,14 @@ def test_ray_backend_interrupted_then_resumed_by_the_same_command(
             poll=0.2,
         )
         proc.send_signal(signum)
-        _, err = proc.communicate(timeout=180)
+        printed, err = proc.communicate(timeout=180)
     finally:
         proc.kill()
     assert proc.returncode == 130, err.decode()[-2000:]
+    # a quiet main job: nothing of Ray's own reporting on stdout (its experiment box, where the
+    # results are, the TensorBoard hint), though Tune's new output prints them at verbose=0
+    for ray_line in (b"Configuration for experiment", b"View detailed results", b"tensorboard"):
+        assert ray_line not in printed, printed.decode()[-2000:]
     rows_before = (out / "trials.csv").read_text().splitlines()
     cut = [int(line.split(",")[0]) for line in rows_before[1:] if ",interrupted," in line]
     assert cut

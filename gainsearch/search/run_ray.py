@@ -213,6 +213,23 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def _tune_output(shown: bool) -> Iterator[None]:
+    """Tune's own reporting on stdout, or none (``RAY_AIR_NEW_OUTPUT=0`` and ``verbose=0``)."""
+    if shown:
+        yield
+        return
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
+
+
 def _stop_gracefully(signum: int, frame: Any) -> None:
     """SIGTERM during ``fit``: ask Tune to stop as on Ctrl-C (it saves the experiment state)."""
     os.kill(os.getpid(), signal.SIGUSR1)
@@ -374,6 +391,7 @@ def run_tuner(
     max_failures: int = 3,
     timeout: float | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    ray_output: bool = False,
 ) -> RayOutcome:
     """Run (or resume) the spec's search on Ray Tune.
 
@@ -401,6 +419,10 @@ def run_tuner(
             timeout. Tune's own ``time_budget_s`` is not used: it stops the running trials, and
             its spent budget carries over to a resumed run, which then starts nothing.
         progress: Called with counts as results arrive.
+        ray_output: Let Tune print its own reporting (the experiment's box, where the results
+            are, the TensorBoard hint). Off: gainsearch's progress and table only (Tune's new
+            output engine prints its box even at ``verbose=0``; the legacy one, chosen here with
+            ``RAY_AIR_NEW_OUTPUT=0`` for the duration of the run, prints nothing at 0).
     """
     _check_args(spec, n_trials, max_concurrent, cpus_per_trial, gpus_per_trial, max_failures)
     check_timeout(timeout)
@@ -428,7 +450,7 @@ def run_tuner(
     # less often does not apply to epochs of seconds.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     run = _Run(spec, name, out, train, results_path, study_url, deadline, progress, address)
-    run.study = study
+    run.study, run.ray_output = study, ray_output
     with _quiet_expected_warnings(NAN_SCORE):
         started = connect(address, num_cpus=None)
         try:
@@ -442,7 +464,8 @@ def run_tuner(
             )
             previous = signal.signal(signal.SIGTERM, _stop_gracefully)
             try:
-                grid = tuner.fit()
+                with _tune_output(ray_output):
+                    grid = tuner.fit()
             finally:
                 signal.signal(signal.SIGTERM, previous)
             return run.finish(grid, n_trials, run.client_mode)
@@ -465,6 +488,7 @@ class _Run:
     progress: Callable[[dict[str, Any]], None] | None
     address: str | None
     study: Any = None  # the Optuna study the trials are recorded in (optuna.Study)
+    ray_output: bool = False
 
     @property
     def client_mode(self) -> bool:
@@ -584,7 +608,7 @@ class _Run:
                 storage_path=self.results_path,
                 failure_config=FailureConfig(max_failures=max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
-                verbose=0,
+                verbose=2 if self.ray_output else 0,
                 callbacks=self.callbacks(scheduler),
             ),
         )
