@@ -1,4 +1,6 @@
-"""Every Python block of the README and of docs/ runs, or is marked as a fragment.
+"""Every Python block of the README and of docs/ runs, or is marked as a fragment; the
+documentation site builds in strict mode (a broken link, a missing file or a docstring that does
+not render fails it) and its API reference lists every public name.
 
 A block right after a ``<!-- fragment: why -->`` line is a fragment (it needs names the reader
 brings: a model, a loader): it is compiled, so a syntax error still fails. Every other block is
@@ -46,3 +48,29 @@ def test_python_block_runs(
         return
     monkeypatch.chdir(tmp_path)
     exec(compiled, {"__name__": "__readme__"})
+
+
+def test_the_site_builds_strict_with_every_public_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mkdocs.commands.build import build
+    from mkdocs.config import load_config
+
+    import gainsearch
+
+    monkeypatch.setenv("NO_MKDOCS_2_WARNING", "1")
+    monkeypatch.chdir(ROOT)
+    config = load_config(str(ROOT / "mkdocs.yml"), site_dir=str(tmp_path / "site"))
+    assert config["strict"]
+    build(config)  # raises on any warning in strict mode
+    html = (tmp_path / "site" / "reference" / "index.html").read_text()
+    missing = [n for n in gainsearch.__all__ if f'id="gainsearch.{n}"' not in html]
+    assert not missing, missing
+    for name in (
+        "integrations.optuna.GainPruner",
+        "integrations.optuna.report_gain",
+        "integrations.ray.GainScheduler",
+        "integrations.ray.GainResults",
+        "integrations.lightning.GainCallback",
+    ):
+        assert f'id="gainsearch.{name}"' in html, name

@@ -36,3 +36,23 @@ def test_torch_is_pinned_in_constraints_not_in_metadata() -> None:
     assert not any(dep.startswith("torch==") for dep in project["dependencies"])
     assert set(project["optional-dependencies"]) >= {"ray", "vision", "plot", "dev"}
     assert project["scripts"]["gainsearch"] == "gainsearch.cli:main"
+
+
+def test_the_readme_is_short_and_its_links_resolve() -> None:
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [link.split("#")[0] for link in links if "://" not in link]
+    assert local, "the README links into the documentation"
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert not missing, missing
+
+
+def test_the_readme_shows_the_committed_main_job_output() -> None:
+    """The README's copy of the main job's output is the committed one (docs/main-job.txt, which
+    the documentation includes as it is), so the two cannot drift apart."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```text\n", 1)[1].split("```", 1)[0]
+    assert block == (ROOT / "docs" / "main-job.txt").read_text()

@@ -84,8 +84,8 @@ class DecisionConfig:
 
     Defaults (judged from the first reading against the median of at least 3 peers, as Optuna's
     ``MedianPruner``) were chosen on ``benchmarks/pruning.py`` (paper's LeNet, mnist5k, 20 TPE
-    trials) and the grid of ``benchmarks/selection.py``; the README's Benchmarks and Evidence
-    sections give their figures, each with the command that prints it.
+    trials) and the grid of ``benchmarks/selection.py``; docs/benchmarks.md and docs/evidence.md
+    give their figures, each with the command that prints it.
 
     Attributes:
         grace_period: The first epoch (number) at which a trial may be pruned for anything but

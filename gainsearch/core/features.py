@@ -1,6 +1,6 @@
 """From a gain curve to features and a diagnosis. Pure functions.
 
-The definitions below are the README's "Features and diagnosis" section.
+The definitions below are those of docs/decisions.md ("Features and diagnosis").
 
 A gain curve is ``g_1..g_t``: one Maximum Gain reading (dB) per epoch. With ``W`` the window
 (default 5 epochs) and ``d_i = g_i - g_{i-1}`` the first differences:
@@ -42,7 +42,7 @@ Diagnosis (the paper's section IV-C1 rules, in this order):
 9. otherwise -> ``converging`` (rise then smooth flattening).
 
 The defaults were calibrated on ``benchmarks/selection.py`` (9 learning rates x 5 seeds x 2 data
-sets, ground truth read off the test curves; README "Evidence"): a run still improving at the end
+sets, ground truth read off the test curves; docs/evidence.md): a run still improving at the end
 of its budget had a gain still climbing 0.05-0.3 dB/epoch, with a saturation near 0.96 (relative
 to its steep start), so "still rising" is ``trend > 0.05`` alone, and it is checked before the
 late-variability rule because a fast rise that decelerates has a large spread of differences.

@@ -7,7 +7,7 @@ ends)::
 
 with ``gain_weight = 0`` by default: **the training loss alone**, NaN for a diverged trial (a
 non-finite loss or gain). ``benchmarks/suite.py`` compared every candidate on 12 set-ups, each
-constant chosen on set-ups it was not scored on (README "Evidence"): no way of adding the gain
+constant chosen on set-ups it was not scored on (docs/evidence.md): no way of adding the gain
 (at every epoch, only in the first epochs, as a stability guard; impulse or smoothed gain) beat
 the training loss held out, in final selection, early ranking or pruning, and adding it at every
 epoch lost to it. So the gain is not in the default score. ``TrialScoreConfig`` keeps the form

@@ -1,4 +1,4 @@
-"""The Maximum Gain measurement (the README's "The measurement").
+"""The Maximum Gain measurement (docs/measurement.md).
 
 The network ``f`` is linearised around a probe image ``x`` (by default the impulse image
 ``delta``): the data derivative ``g = d log y_c / dx`` of the winning class's log-probability is
@@ -254,7 +254,7 @@ def maximum_gain(
     samples: int = 8,
     max_batch: int = 256,
 ) -> GainResult:
-    """Measure the Maximum Gain of ``model`` around ``probe`` (the README's "The measurement").
+    """Measure the Maximum Gain of ``model`` around ``probe`` (docs/measurement.md).
 
     Args:
         model: Classifier mapping ``(N, C, H, W)`` to logits ``(N, K)``; any device, any
@@ -272,8 +272,8 @@ def maximum_gain(
             *smoothed* Maximum Gain. On BatchNorm networks the impulse's zero background can put
             every ReLU on the impulse's path in its dead half, so the paper's derivative is
             exactly zero and the gain reads the ``20 log10(eps)`` floor (-240 dB) for a network
-            that works; the noisy probes keep the units alive (see the README's measurement
-            section for how often each variant reads the floor).
+            that works; the noisy probes keep the units alive (docs/measurement.md says
+            how often each variant reads the floor).
         samples: Number of noisy probes when ``smoothing > 0``.
         max_batch: Most probe copies per forward/backward pass for ``target="all"``.
 
