@@ -58,7 +58,21 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_gain, _add_train, _add_search, _add_report, _add_diagnose):
+        add(sub)
+    return parser
 
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _out_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+
+
+def _add_gain(sub: Any) -> None:
+    """``gainsearch gain``: the Maximum Gain of one model."""
     gain = sub.add_parser("gain", help="Maximum Gain of a registry model or a saved checkpoint")
     source = gain.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="registry model name (freshly initialised)")
@@ -81,23 +95,29 @@ def _build_parser() -> argparse.ArgumentParser:
     gain.add_argument(
         "--spectrum", type=Path, help="write the dB spectra: .npy, or .png (plot extra)"
     )
-    gain.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _json_flag(gain)
     gain.set_defaults(handler=_cmd_gain)
 
+
+def _add_train(sub: Any) -> None:
+    """``gainsearch train``: one trial (a flag per training setting)."""
     train = sub.add_parser("train", help="one trial on the merged training set")
     train.add_argument("--spec", type=Path, help="YAML file of training settings (flags override)")
-    train.add_argument("--out", type=Path, required=True, help="output directory")
+    _out_flag(train)
     train.add_argument("--download", action="store_true", help="download with torchvision")
     _add_setting_flags(train)
     train.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     train.add_argument("--quiet", action="store_true", help="no table, no progress bar")
     train.set_defaults(handler=_cmd_train)
 
+
+def _add_search(sub: Any) -> None:
+    """``gainsearch search``: a search from a spec, on either back end."""
     search = sub.add_parser("search", help="a hyperparameter search from an experiment spec")
     search.add_argument(
         "spec", type=Path, help="experiment spec (YAML), e.g. search_spaces/digits_lr.yaml"
     )
-    search.add_argument("--out", type=Path, required=True, help="output directory")
+    _out_flag(search)
     search.add_argument(
         "--backend", choices=("optuna", "ray"), default="optuna", help="optuna (default) or ray"
     )
@@ -117,20 +137,7 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--heartbeat", type=int, default=10, help="heartbeat seconds; 0 turns it off (10)"
     )
-    ray_opts = search.add_argument_group("Ray back end")
-    ray_opts.add_argument("--max-concurrent", type=int, default=2, help="trials at once (2)")
-    ray_opts.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (1)")
-    ray_opts.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (0)")
-    ray_opts.add_argument(
-        "--address", help="join a running cluster: auto, host:port or ray://host:10001"
-    )
-    ray_opts.add_argument(
-        "--storage-path",
-        help="results location (default OUT/ray_results); shared path or bucket URI on clusters",
-    )
-    ray_opts.add_argument(
-        "--max-failures", type=int, default=3, help="restarts per trial from its checkpoint (3)"
-    )
+    _add_ray_options(search.add_argument_group("Ray back end"))
     search.add_argument(
         "--retry-failed",
         type=int,
@@ -157,6 +164,26 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     search.set_defaults(handler=_cmd_search)
 
+
+def _add_ray_options(ray_opts: Any) -> None:
+    """The options of ``search --backend ray`` (refused with ``--backend optuna``)."""
+    ray_opts.add_argument("--max-concurrent", type=int, default=2, help="trials at once (2)")
+    ray_opts.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (1)")
+    ray_opts.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (0)")
+    ray_opts.add_argument(
+        "--address", help="join a running cluster: auto, host:port or ray://host:10001"
+    )
+    ray_opts.add_argument(
+        "--storage-path",
+        help="results location (default OUT/ray_results); shared path or bucket URI on clusters",
+    )
+    ray_opts.add_argument(
+        "--max-failures", type=int, default=3, help="restarts per trial from its checkpoint (3)"
+    )
+
+
+def _add_report(sub: Any) -> None:
+    """``gainsearch report``: figures and HTML of a search."""
     report = sub.add_parser("report", help="figures and a self-contained HTML report of a search")
     report.add_argument(
         "run",
@@ -168,6 +195,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(handler=_cmd_report)
 
+
+def _add_diagnose(sub: Any) -> None:
+    """``gainsearch diagnose``: features and diagnosis of a history."""
     diag = sub.add_parser("diagnose", help="features and diagnosis of a gain history")
     diag.add_argument(
         "history",
@@ -175,12 +205,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="history.json from train, a JSON list of gains, or a text file of one gain a line",
     )
     diag.add_argument("--window", type=int, help="feature window in epochs (default 5)")
-    diag.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _json_flag(diag)
     diag.set_defaults(handler=_cmd_diagnose)
-    return parser
-
-
-# -- gain -------------------------------------------------------------------------------------
 
 
 def _cmd_gain(args: argparse.Namespace) -> int:

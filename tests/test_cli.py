@@ -326,3 +326,18 @@ def test_train_a_modern_recipe_and_an_own_model(
     assert config["train"]["model"] == "mynets_cli_test:build"
     assert main(["train", "--out", str(tmp_path / "x"), "--model", "mynets_cli_test:nope"]) == 2
     assert "has no attribute 'nope'" in capsys.readouterr().err
+
+
+def test_one_small_parser_builder_per_command() -> None:
+    import inspect
+
+    import gainsearch.cli as cli
+
+    sub = next(
+        a
+        for a in cli._build_parser()._subparsers._group_actions  # type: ignore[union-attr]
+        if isinstance(a, argparse._SubParsersAction)
+    )
+    for command in sub.choices:
+        assert callable(getattr(cli, f"_add_{command}")), command
+    assert len(inspect.getsource(cli._build_parser).splitlines()) < 15
