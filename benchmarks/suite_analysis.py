@@ -581,7 +581,124 @@ def print_all(out: Path, names: Sequence[str] | None = None) -> dict[str, Any]:
     return summary
 
 
+#: The fixed signals of the documentation's table, with the names it shows.
+DOC_SIGNALS = {
+    "-final training loss": "\u2212final training loss",
+    "-training loss sum (Ru et al.)": "\u2212loss sum (Ru et al.)",
+    "gain score (impulse, default until now)": "gain score",
+    "gain score (smoothed)": "gain score, smoothed",
+    "gain score (winner class, paper)": "gain score, winner class",
+    "-validation loss (80/20 split, reference)": (
+        "\u2212validation loss (80/20, needs validation data)"
+    ),
+    "validation accuracy (80/20 split, reference)": (
+        "validation accuracy (80/20, needs validation data)"
+    ),
+}
+
+
+def print_doc_tables(summary: dict[str, Any]) -> None:
+    """The tables of docs/evidence.md, each between snippet markers: the page includes them
+    from the committed output (``benchmarks/results/suite.txt``), it does not copy them."""
+    per = summary["per_setup"]
+    names = list(per)
+    cols = list(DOC_SIGNALS)
+    print("<!-- --8<-- [start:fixed] -->")
+    print("| set-up | role | " + " | ".join(DOC_SIGNALS.values()) + " | random |")
+    print("|---|---|" + "---:|" * (len(cols) + 1))
+    for n in names:
+        p = per[n]
+        cells = [
+            f"{_fmt(p['fixed'][c]['spearman'])} / {_fmt(p['fixed'][c]['regret'])}".strip()
+            for c in cols
+        ]
+        print(
+            f"| {n}: {p['title']} | {p['role']} | "
+            + " | ".join(cells)
+            + f" | {p['random_regret']:.2f} |"
+        )
+    means = [
+        f"**{_fmt(_nanmean([per[n]['fixed'][c]['spearman'] for n in names]))} / "
+        f"{_fmt(float(np.mean([per[n]['fixed'][c]['regret'] for n in names])))}**"
+        for c in cols
+    ]
+    rnd = float(np.mean([per[n]["random_regret"] for n in names]))
+    print(f"| **mean of {len(names)}** | | " + " | ".join(means) + f" | {rnd:.2f} |")
+    trained = [
+        _fmt(_nanmean([per[n]["fixed"][c]["spearman_trained"] for n in names])) for c in cols
+    ]
+    print(
+        "| mean Spearman over the runs that trained (diverged runs left out) | | "
+        + " | ".join(trained)
+        + " | |"
+    )
+    early = [
+        "n/a" if "validation" in c else _fmt(_nanmean([per[n]["fixed"][c]["early"] for n in names]))
+        for c in cols
+    ]
+    print("| early Spearman (epochs 2-3), mean | | " + " | ".join(early) + " | |")
+    print("<!-- --8<-- [end:fixed] -->\n")
+
+    loss = {n: per[n]["fixed"]["-final training loss"] for n in names}
+    report = [n for n in names if per[n]["role"] == "report"]
+
+    def family_cells(rows: dict[str, Any], scored: list[str]) -> str:
+        rho = _nanmean([rows[n]["spearman"] for n in scored])
+        reg = float(np.mean([rows[n]["regret"] for n in scored]))
+        worst = max(rows[n]["regret"] - loss[n]["regret"] for n in scored)
+        early = _nanmean([rows[n]["early"] for n in scored])
+        return f"{_fmt(rho)} | {_fmt(reg)} | {_fmt(worst)} | {_fmt(early)}"
+
+    def constant(c: float) -> str:
+        return "inf" if math.isinf(c) else f"{c:g}"
+
+    print("<!-- --8<-- [start:families] -->")
+    print(
+        "| family (constant chosen held out) | calibration → report: constant | mean Spearman"
+        " | mean regret | worst excess over loss | early Spearman | leave-one-out: constants"
+        " | mean Spearman | mean regret | worst excess | early Spearman |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+    print(
+        f"| \u2212final training loss (no constant) | \u2013 | {family_cells(loss, report)}"
+        " | \u2013 | "
+        f"{family_cells(loss, names)} |"
+    )
+    for family, v in summary["families"].items():
+        consts = ", ".join(
+            constant(c) for c in sorted({float(c) for c in v["loso_constants"].values()})
+        )
+        print(
+            f"| {family} | {constant(float(v['calib_constant']))} | "
+            f"{family_cells(v['report'], report)} | {consts} | {family_cells(v['loso'], names)} |"
+        )
+    print("<!-- --8<-- [end:families] -->\n")
+
+    ways = list(next(iter(summary["pruning"].values())))
+    print("<!-- --8<-- [start:pruning] -->")
+    print(f"| pruning (replayed, {len(names)} set-ups) | " + " | ".join(ways) + " |")
+    print("|---|" + "---:|" * len(ways))
+    cells = []
+    for w in ways:
+        e = float(np.mean([r[w]["epochs"] for r in summary["pruning"].values()]))
+        r = float(np.mean([r[w]["regret"] for r in summary["pruning"].values()]))
+        cells.append(f"{100 * e:.0f} % / {_fmt(r)}")
+    print("| epochs trained / regret (mean) | " + " | ".join(cells) + " |")
+    orders = summary.get("pruning_orders", {})
+    if orders:
+        cells = [f"{100 * orders[w]['mean']:.1f} ± {100 * orders[w]['sd']:.1f} %" for w in ways]
+        print(f"| epochs trained over {PRUNING_ORDERS} random orders | " + " | ".join(cells) + " |")
+        cells = [
+            ", ".join(f"{rule} {k}" for rule, k in sorted(orders[w].get("rules", {}).items()))
+            or "none"
+            for w in ways
+        ]
+        print(f"| pruned by, over the {PRUNING_ORDERS} orders | " + " | ".join(cells) + " |")
+    print("<!-- --8<-- [end:pruning] -->\n")
+
+
 def print_tables(summary: dict[str, Any]) -> None:
+    print_doc_tables(summary)
     per = summary["per_setup"]
     names = list(per)
     print("## Set-ups\n")
