@@ -512,6 +512,9 @@ def test_the_ray_study_is_the_record_the_optuna_back_end_keeps(tmp_path: Path) -
 
     url = f"sqlite:///{tmp_path / 'ray' / 'study.db'}"
     assert table(url) == table(str(tmp_path / "ray"))
-    # written once: a second run of the finished search adds nothing
-    run_tuner(spec, out_dir=tmp_path / "ray", n_trials=5, max_concurrent=1)
+    # written once: the rows of the run written again add nothing
+    from gainsearch.search.study import write_trials
+
+    study = optuna.load_study(study_name="record", storage=url)
+    assert write_trials(study, load_run(str(tmp_path / "ray")).rows, spec) == 0
     assert len(optuna.load_study(study_name="record", storage=url).trials) == 5
