@@ -1,0 +1,190 @@
+"""Validation-free stopping signals beside the gain (groundwork: not yet wired into the trainer,
+the adapters or a selection rule; see docs/development.md).
+
+* :func:`prediction_changes` and :class:`PredictionChanges` (Yuan, Feng & Liu, ICLR 2025, "Label
+  Wave"): at epoch ``e``, the number of training examples whose predicted class differs from
+  their prediction at epoch ``e - 1``. The predictions are the ones the training forward passes
+  made (train mode: dropout and augmentation as they happened, the weights of the moment the
+  batch was seen), so the signal is free. The first epoch has no previous one: ``nan``.
+  :func:`label_wave_epoch` is the paper's rule: the epoch of the minimum of the moving average.
+* :func:`gradient_disparity` (Forouzesh & Thiran, 2021): the L2 distance between the loss
+  gradients (with respect to the parameters) of two disjoint training batches, averaged over
+  ``pairs`` pairs. The batches are drawn with a generator of its own (``seed``); the model is
+  left exactly as it was: no parameter ``.grad`` written, train/eval modes and BatchNorm buffers
+  restored, the global RNG untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "PredictionChanges",
+    "gradient_disparity",
+    "label_wave_epoch",
+    "moving_average",
+    "prediction_changes",
+]
+
+
+def prediction_changes(previous: np.ndarray | None, current: np.ndarray) -> float:
+    """How many examples changed their predicted class since the previous epoch.
+
+    Args:
+        previous: The predicted class of every training example at the previous epoch (``-1``
+            where an example was not seen), or ``None`` at the first epoch.
+        current: The same at this epoch.
+
+    Returns:
+        The count of examples seen at both epochs whose class differs; ``nan`` without a
+        previous epoch.
+
+    Raises:
+        ValueError: the two do not have one entry per example each.
+    """
+    now = np.asarray(current).ravel()
+    if previous is None:
+        return math.nan
+    before = np.asarray(previous).ravel()
+    if before.shape != now.shape:
+        raise ValueError(
+            f"previous and current must have one prediction per training example each, but "
+            f"got {before.size} and {now.size}."
+        )
+    seen = (before >= 0) & (now >= 0)
+    return float(np.count_nonzero(before[seen] != now[seen]))
+
+
+class PredictionChanges:
+    """The prediction changes of an own training loop, from its batches' indices and logits.
+
+    Call :meth:`update` after each training forward pass and :meth:`end_epoch` at the end of
+    the epoch::
+
+        changes = PredictionChanges(len(train_set))
+        for epoch in range(1, epochs + 1):
+            for idx, (x, y) in loader:             # idx: the examples' indices in train_set
+                logits = model(x)
+                ...
+                changes.update(idx, logits)
+            value = changes.end_epoch()            # nan at epoch 1
+
+    Args:
+        n: The number of training examples.
+    """
+
+    def __init__(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer (the training set's size), got {n=}.")
+        self.n = n
+        self._previous: np.ndarray | None = None
+        self._current = np.full(n, -1, dtype=np.int64)
+        #: The value of every finished epoch, in order.
+        self.history: list[float] = []
+
+    def update(self, indices: torch.Tensor | Sequence[int], logits: torch.Tensor) -> None:
+        """Record the predicted class (argmax of ``logits``, ``(B, K)``) of the batch's examples."""
+        idx = torch.as_tensor(indices).detach().cpu().long().numpy().ravel()
+        pred = logits.detach().argmax(dim=1).cpu().numpy().ravel()
+        if idx.size != pred.size:
+            raise ValueError(
+                f"indices and logits must describe the same batch, but got {idx.size} indices "
+                f"and {pred.size} rows of logits."
+            )
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n):
+            raise ValueError(f"indices must be in [0, {self.n}), but got {idx.min()}..{idx.max()}.")
+        self._current[idx] = pred
+
+    def end_epoch(self) -> float:
+        """The epoch's prediction changes (``nan`` at the first epoch); starts the next epoch."""
+        value = prediction_changes(self._previous, self._current)
+        self._previous, self._current = self._current, np.full(self.n, -1, dtype=np.int64)
+        self.history.append(value)
+        return value
+
+
+def moving_average(series: Sequence[float], window: int) -> np.ndarray:
+    """The trailing mean over ``window`` values (fewer at the start); ``nan`` values skipped."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive integer, but got {window=}.")
+    values = np.asarray(series, dtype=np.float64).ravel()
+    out = np.full(values.size, math.nan)
+    for i in range(values.size):
+        chunk = values[max(0, i - window + 1) : i + 1]
+        finite = chunk[np.isfinite(chunk)]
+        if finite.size:
+            out[i] = float(finite.mean())
+    return out
+
+
+def label_wave_epoch(
+    changes: Sequence[float], *, window: int = 3, epochs: Sequence[int] | None = None
+) -> int | None:
+    """Label Wave's selected epoch: where the moving average of the prediction changes is
+    lowest (the first such epoch); ``None`` while no epoch has a value."""
+    smooth = moving_average(changes, window)
+    if not np.any(np.isfinite(smooth)):
+        return None
+    numbers = list(epochs) if epochs is not None else list(range(1, smooth.size + 1))
+    if len(numbers) != smooth.size:
+        raise ValueError(f"epochs must have one entry per value ({smooth.size}), got {numbers}.")
+    return int(numbers[int(np.nanargmin(smooth))])
+
+
+def gradient_disparity(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int = 64,
+    pairs: int = 5,
+    seed: int = 0,
+) -> float:
+    """Mean L2 distance between the parameter gradients of ``pairs`` pairs of disjoint batches.
+
+    The batches (``batch_size`` examples each, without replacement within a pair) are drawn
+    from ``(x, y)`` with a generator seeded by ``seed``; the forward passes run in the model's
+    current mode (the training mode, as the training loss's gradients do), and the model is left
+    as it was: no ``.grad`` written, modes and buffers (BatchNorm statistics) restored, the
+    global RNG state restored (dropout draws from it inside). A non-finite gradient gives ``nan``.
+
+    Raises:
+        ValueError: fewer than ``2 * batch_size`` examples, or a bad ``pairs``/``batch_size``.
+    """
+    for name, setting in (("batch_size", batch_size), ("pairs", pairs)):
+        if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+            raise ValueError(f"{name} must be a positive integer, but got {name}={setting!r}.")
+    n = int(x.shape[0])
+    if n < 2 * batch_size:
+        raise ValueError(
+            f"gradient_disparity needs two disjoint batches of batch_size={batch_size}, but the "
+            f"data has {n} examples."
+        )
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    params = [p for p in model.parameters() if p.requires_grad]
+    modes = {m: m.training for m in model.modules()}
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    generator = torch.Generator().manual_seed(seed)
+    devices = [x.device] if x.device.type == "cuda" else []
+    distances = []
+    with torch.random.fork_rng(devices=devices), torch.enable_grad():
+        for _ in range(pairs):
+            order = torch.randperm(n, generator=generator)[: 2 * batch_size].to(x.device)
+            grads = []
+            for part in (order[:batch_size], order[batch_size:]):
+                loss = loss_fn(model(x[part]), y[part])
+                grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+            distances.append(float(torch.linalg.vector_norm(grads[0] - grads[1])))
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+    for module, training in modes.items():
+        module.train(training)
+    mean = float(np.mean(distances))
+    return mean if math.isfinite(mean) else math.nan
