@@ -13,7 +13,8 @@ the training loss held out, in final selection, early ranking or pruning, and ad
 epoch lost to it. So the gain is not in the default score. ``TrialScoreConfig`` keeps the form
 for those who want to try it (``gain_weight``, and ``early_epochs`` to count it only early).
 
-**The gain score** (metric ``score``, the paper-based objective of earlier versions)::
+**The gain score** (metric ``gain_score``, formerly ``score``, the paper-based objective of earlier
+versions)::
 
     score = level - variability_weight * variability          # dB
 

@@ -89,7 +89,7 @@ class GainScheduler(FIFOScheduler):
             raise ValueError(f"mode must be 'min' or 'max', but got mode={mode!r}.")
         if settings.get("config") is None and (
             isinstance(grace_period, bool) or not isinstance(grace_period, int) or grace_period < 1
-        ):  # Ray's name for the decision core's warmup_epochs
+        ):  # Ray's name, and the decision core's
             raise ValueError(
                 f"grace_period must be an integer >= 1, but got grace_period={grace_period!r}."
             )
