@@ -130,8 +130,12 @@ def _evaluate(study: optuna.Study, trial: FrozenTrial, config: DecisionConfig) -
     if step is not None:  # judged at the epoch reported last
         keep = [i for i, e in enumerate(epochs) if e <= step]
         epochs, curve = [epochs[i] for i in keep], [curve[i] for i in keep]
-    losses = attrs.get(LOSS_ATTR)
-    losses = losses[: len(curve)] if isinstance(losses, list) else None
+    stored = attrs.get(LOSS_ATTR)  # non-finite losses are stored as None
+    losses = (
+        [math.nan if v is None else float(v) for v in stored[: len(curve)]]
+        if isinstance(stored, list)
+        else None
+    )
     single = len(study.directions) == 1 and step is not None
     peers, values = _peers(study, trial.number)
     reported = trial.intermediate_values.get(step) if step is not None else None
@@ -334,32 +338,51 @@ def report_epoch(
         raise ValueError(
             f"epoch must be the last measured epoch ({epochs[-1]}), but got epoch={epoch!r}."
         )
-    if config is None:
-        config = pruner.config if isinstance(pruner, GainPruner) else DecisionConfig()
-    if score_config is not None:
-        config = replace(config, score=score_config)
     multi = len(study.directions) > 1
-    curves, values = _peers(study, trial.number)
-    evaluation = evaluate(
-        curve,
-        train_loss=losses,
-        epochs=epochs,
-        peers=curves,
-        peer_values=None if multi else values,
-        metric=metrics[0],
-        mode=_mode(study),
-        diverged=diverged,
-        config=config,
-        trial_config=trial_config,
-    )
-    out = tuple(evaluation.metric_value(m) for m in metrics)
+    epoch = int(epoch or 0)
+    if not multi and isinstance(pruner, GainPruner) and config is None and score_config is None:
+        # the pruner's own evaluation (from the study, after the report) is the record: the
+        # values reported do not depend on the peers, so the peers are read once
+        alone = evaluate(
+            curve,
+            train_loss=losses,
+            epochs=epochs,
+            metric=metrics[0],
+            diverged=diverged,
+            config=pruner.config,
+            trial_config=trial_config,
+        )
+        out = tuple(alone.metric_value(m) for m in metrics)
+        trial.set_user_attr(METRIC_ATTR, metrics[0])
+        trial.report(out[0], epoch)
+        evaluation = pruner.evaluation(study, _frozen(trial))
+        decision = evaluation.decision
+    else:
+        if config is None:
+            config = pruner.config if isinstance(pruner, GainPruner) else DecisionConfig()
+        if score_config is not None:
+            config = replace(config, score=score_config)
+        curves, values = _peers(study, trial.number)
+        evaluation = evaluate(
+            curve,
+            train_loss=losses,
+            epochs=epochs,
+            peers=curves,
+            peer_values=None if multi else values,
+            metric=metrics[0],
+            mode=_mode(study),
+            diverged=diverged,
+            config=config,
+            trial_config=trial_config,
+        )
+        out = tuple(evaluation.metric_value(m) for m in metrics)
+        if not multi:
+            trial.set_user_attr(METRIC_ATTR, metrics[0])
+            trial.report(out[0], epoch)
+        decision = _decision(trial, pruner, evaluation, multi, epoch)
     trial.set_user_attr("features", _jsonable(evaluation.features.to_dict()))
     trial.set_user_attr("diagnosis", evaluation.diagnosis.label)
     trial.set_user_attr("diagnosis_reason", evaluation.diagnosis.reason)
-    if not multi:
-        trial.set_user_attr(METRIC_ATTR, metrics[0])
-        trial.report(out[0], int(epoch or 0))
-    decision = _decision(trial, pruner, evaluation, multi, int(epoch or 0))
     trial.set_user_attr("decision_rule", decision.rule)
     trial.set_user_attr("decision_reason", decision.reason)
     if decision.prune:
@@ -379,6 +402,15 @@ def _epochs_ending(trial: optuna.Trial, t: int, epoch: int) -> list[int]:
     return list(range(1, t + 1))
 
 
+def _frozen(trial: optuna.Trial) -> FrozenTrial:
+    """The running trial as the study holds it now (what ``trial.should_prune`` passes)."""
+    return next(
+        t
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.number == trial.number
+    )
+
+
 def _decision(
     trial: optuna.Trial, pruner: BasePruner, evaluation: Evaluation, multi: bool, epoch: int
 ) -> Decision:
@@ -389,12 +421,7 @@ def _decision(
             return own
         return Decision(False, own.rule, own.reason, own.epoch, own.value, own.peers)
     if isinstance(pruner, GainPruner):  # the pruner's verdict, from what the study now holds
-        frozen = next(
-            t
-            for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.number == trial.number
-        )
-        return pruner.decision(trial.study, frozen)
+        return pruner.decision(trial.study, _frozen(trial))
     name = type(pruner).__name__
     if trial.should_prune():
         return Decision(True, "pruner", f"pruned by {name} at epoch {epoch}", epoch)
