@@ -186,6 +186,9 @@ def _ray_run(stride: int, first: int | None = None) -> list[tuple[int, str]]:
         assert decision.epoch == epoch
         if stop:
             break
+    # the series are keyed by the epoch numbers reported, not by their count
+    assert list(scheduler.curves["slow"]) == [e for e, _ in out]
+    assert list(scheduler.curves["peer0"]) == [first + i * stride for i in range(len(PEERS[0]))]
     return out
 
 
