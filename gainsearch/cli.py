@@ -316,6 +316,8 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=int, help=text)
         elif kinds == {float}:
             parser.add_argument(flag, type=float, help=text)
+        elif typing.get_origin(hint) is list:  # signals: names, checked by the setting
+            parser.add_argument(flag, nargs="+", metavar="NAME", help=text)
         elif typing.get_origin(hint) is dict or hint is dict:
             parser.add_argument(flag, type=_json_mapping(field.name), metavar="JSON", help=text)
         else:  # str, or str | int (gain_target): parsed by the setting's own check
@@ -387,6 +389,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     resolved = {"train": config.to_dict(), "data": data.summary()}
 
     header = f"{'epoch':>5} {'lr':>9} {'train_loss':>10} {'gain_dB':>8} {'trend':>6}"
+    shown = [name for name in _SIGNAL_COLUMNS if name in config.signals]
+    for name in shown:
+        header += f" {_SIGNAL_COLUMNS[name][0]:>{_SIGNAL_COLUMNS[name][1]}}"
+    if config.select_by != "last":
+        header += f" {'kept':>4}"
     if config.eval_test:
         header += f" {'test_acc':>8}"
     bars: list[Any] = []  # opened at the first epoch: a trial refused on resume prints no bar
@@ -403,6 +410,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         row = f"{ctx.epoch:>5} {ctx.record['lr']:>9.3g} {ctx.record['train_loss']:>10.4f}"
         row += f" {ctx.record['gain']:>8.2f}"
         row += f" {feats.trend:>+6.2f}"
+        for name in shown:
+            title, width, form = _SIGNAL_COLUMNS[name]
+            row += f" {ctx.record[name]:>{width}{form}}"
+        if config.select_by != "last":
+            row += f" {ctx.record['selected_epoch'] or '':>4}"
         if config.eval_test:
             row += f" {ctx.record['test_acc']:>8.3f}"
         if not args.quiet:
@@ -424,8 +436,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print("nothing to do: the checkpoint already holds all epochs")
     print(f"status:    {result.status}" + (f" ({result.reason})" if result.reason else ""))
     print(f"diagnosis: {result.diagnosis}")
+    if config.select_by != "last" and result.selected_epoch is not None:
+        print(
+            f"selected:  epoch {result.selected_epoch} (lowest {config.select_by}"
+            + (f", mean of {config.select_window}" if config.select_window > 1 else "")
+            + "): its weights are the trial's model and the checkpoint's kept weights"
+        )
     print(f"results:   {out}/history.json, {out}/config.json, {checkpoint}")
     return 0
+
+
+#: The train table's column for each signal: title, width, format.
+_SIGNAL_COLUMNS = {
+    "prediction_changes": ("changes", 7, ".0f"),
+    "gradient_disparity": ("disparity", 9, ".3g"),
+    "gain_variability": ("gain_var", 8, ".2f"),
+}  # gain_trend is the table's `trend` column already
 
 
 def _read_train_spec(path: Path) -> dict[str, Any]:

@@ -41,11 +41,21 @@ from gainsearch.batteries.data import DATASETS, TensorData, load_dataset
 from gainsearch.batteries.models import check_model_name, create_model
 from gainsearch.core.features import DIVERGED, Diagnosis, diagnose
 from gainsearch.core.monitor import GainMonitor
+from gainsearch.core.selection import LAST, SIGNALS, Selection, check_selection, select_epoch
+from gainsearch.core.signals import (
+    DISPARITY_BATCHES,
+    gain_trend,
+    gain_variability,
+    gradient_disparity,
+    prediction_changes,
+)
 from gainsearch.core.spectral import _check_target
 
 __all__ = [
     "COMPLETED",
+    "DEFAULT_SIGNALS",
     "DIVERGED",
+    "EARLY_STOPPED",
     "STOPPED",
     "EpochContext",
     "TrainConfig",
@@ -60,6 +70,11 @@ logger = logging.getLogger(__name__)
 
 COMPLETED = "completed"
 STOPPED = "stopped"
+#: Patience ran out: the trial ends as a completed one, with its selected epoch's weights.
+EARLY_STOPPED = "early_stopped"
+
+#: The signals recorded by default: the free ones (gradient disparity costs extra passes).
+DEFAULT_SIGNALS = ("prediction_changes", "gain_variability", "gain_trend")
 
 CHECKPOINT_VERSION = 1
 
@@ -112,6 +127,15 @@ class TrainConfig:
             derivative averaged over 8 impulse probes with fixed Gaussian noise of std ``s``
             (robust on BatchNorm networks, see :func:`gainsearch.core.spectral.maximum_gain`).
         eval_test: Record test loss/accuracy per epoch. Reporting only: nothing decides on it.
+        signals: The stopping signals recorded per epoch, from
+            :data:`gainsearch.core.selection.SIGNALS` (default: the free ones; add
+            ``"gradient_disparity"``, 5 extra forward and backward passes per epoch). See
+            :mod:`gainsearch.core.signals` for their exact definitions.
+        select_by: Which epoch's weights the trial keeps: ``"last"`` (default) or a recorded
+            signal, lowest (smoothed) value wins (:mod:`gainsearch.core.selection`).
+        patience: Stop once ``select_by`` has not improved for this many epochs; ``None``
+            (default): train the whole budget.
+        select_window: Readings in the trailing mean of ``select_by`` (1: the raw signal).
     """
 
     dataset: str = "digits"
@@ -138,6 +162,10 @@ class TrainConfig:
     gain_target: str | int = "all"
     gain_smoothing: float = 0.0
     eval_test: bool = False
+    signals: list[str] = field(default_factory=lambda: list(DEFAULT_SIGNALS))
+    select_by: str = LAST
+    patience: int | None = None
+    select_window: int = 1
 
     def __post_init__(self) -> None:
         def fail(name: str, allowed: str) -> None:
@@ -199,6 +227,19 @@ class TrainConfig:
             fail("device", "a torch device such as 'cpu', 'cuda' or 'cuda:1'")
         if self.precision == "16" and torch.device(self.device).type != "cuda":
             fail("precision", "'32' or 'bf16' on a non-CUDA device ('16' needs a CUDA device)")
+        if (
+            not isinstance(self.signals, list)
+            or any(name not in SIGNALS for name in self.signals)
+            or len(set(self.signals)) != len(self.signals)
+        ):
+            fail("signals", "a list of distinct names from " + ", ".join(map(repr, SIGNALS)))
+        check_selection(self.select_by, self.patience, self.select_window)
+        if self.select_by != LAST and self.select_by not in self.signals:
+            raise ValueError(
+                f"select_by={self.select_by!r} is not recorded by this trial: add it to signals "
+                f"(signals={self.signals!r}), or select by one of "
+                f"{', '.join(map(repr, [LAST, *self.signals]))}."
+            )
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -237,6 +278,8 @@ class TrainConfig:
             values.get("precision"), bool
         ):
             values["precision"] = str(values["precision"])  # YAML reads `precision: 32` as int
+        if isinstance(values.get("signals"), tuple):
+            values["signals"] = list(values["signals"])
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,13 +296,15 @@ class EpochContext:
         diverged: The training loss or the gain went non-finite this epoch (the trial ends).
         record: This epoch's record: ``epoch``, ``train_loss`` (plain cross-entropy),
             ``train_objective`` (the optimised loss, with label smoothing), ``lr``, ``gain``,
-            ``gain_max``, ``winner``, ``seconds`` (+ ``test_loss``, ``test_acc`` with
-            ``eval_test``).
+            ``gain_max``, ``winner``, each recorded signal (``prediction_changes``, ...),
+            ``selected_epoch``, ``seconds`` (+ ``test_loss``, ``test_acc`` with ``eval_test``).
         history: All records so far, this one last.
         monitor: The trial's :class:`GainMonitor`.
         model: The model being trained.
         optimizer: Its optimizer.
         config: The trial's configuration.
+        selection: The selection rule's verdict after this epoch (``selection.stop``: patience
+            ran out and the trial ends after the callbacks); ``None`` on a diverged epoch.
     """
 
     epoch: int
@@ -270,6 +315,7 @@ class EpochContext:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     config: TrainConfig
+    selection: Selection | None = None
     _state: Callable[[], dict[str, Any]] = field(repr=False, default=dict)
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -291,12 +337,15 @@ class TrialResult:
 
     Attributes:
         config: The trial's configuration.
-        status: ``"completed"``, ``"diverged"`` or ``"stopped"`` (a callback stopped it).
+        status: ``"completed"``, ``"early_stopped"`` (patience ran out: a completed trial that
+            stopped before its budget), ``"diverged"`` or ``"stopped"`` (a callback stopped it).
         reason: Why it stopped early (empty when completed).
+        selected_epoch: The epoch whose weights ``model`` holds (``config.select_by``; the last
+            epoch with ``"last"``).
         history: Per-epoch records.
         monitor: The gain monitor with the whole gain history.
         diagnosis: Diagnosis of the final gain curve.
-        model: The trained model.
+        model: The trained model, with the selected epoch's weights.
         data: Summary of the data set used.
     """
 
@@ -308,6 +357,7 @@ class TrialResult:
     diagnosis: Diagnosis
     model: nn.Module
     data: dict[str, Any]
+    selected_epoch: int | None = None
 
     @property
     def gains(self) -> list[float]:
@@ -321,6 +371,7 @@ class TrialResult:
             "data": self.data,
             "status": self.status,
             "reason": self.reason,
+            "selected_epoch": self.selected_epoch,
             "history": self.history,
             "diagnosis": self.diagnosis.to_dict(),
         }
@@ -376,6 +427,9 @@ def train_trial(
     )
     history: list[dict[str, Any]] = []
     status, reason, start_epoch = COMPLETED, "", 1
+    selected_epoch: int | None = None  # the selection rule's epoch, and its weights (not "last")
+    kept_weights: dict[str, torch.Tensor] | None = None
+    previous_predictions = None  # the last epoch's predicted class per training example
 
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
     if ckpt is not None and ckpt.exists():
@@ -393,6 +447,11 @@ def train_trial(
             augment.set_state(state["rng"]["augment"])
         status, reason = state["status"], state["reason"]
         start_epoch = int(state["epoch"]) + 1
+        kept = state.get("selection") or {}
+        selected_epoch = kept.get("epoch", start_epoch - 1)
+        kept_weights = kept.get("model")
+        if kept.get("predictions") is not None:
+            previous_predictions = kept["predictions"].numpy()
         logger.info("resumed %s at epoch %d (status %s)", ckpt, start_epoch, status)
 
     x_train = data.x_train.to(device)  # (N, C, H, W)
@@ -412,6 +471,15 @@ def train_trial(
             "scheduler": scheduler.state_dict(),
             "monitor": gain_monitor.state_dict(),
             "history": history,
+            "selection": {
+                "epoch": selected_epoch,
+                "model": kept_weights,
+                "predictions": (
+                    torch.from_numpy(previous_predictions)
+                    if previous_predictions is not None
+                    else None
+                ),
+            },
             "rng": {
                 "torch": torch.get_rng_state(),
                 "shuffle": shuffle.get_state(),
@@ -419,10 +487,13 @@ def train_trial(
             },
         }
 
+    track_predictions = "prediction_changes" in cfg.signals
+    predictions = torch.full((x_train.shape[0],), -1, dtype=torch.long, device=device)
     epoch = start_epoch - 1
     if status == COMPLETED:
         for epoch in range(start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
+            predictions.fill_(-1)
             train_loss, lr_last, objective = _train_epoch(
                 model,
                 optimizer,
@@ -434,6 +505,7 @@ def train_trial(
                 scheduler=scheduler,
                 augment=augment if cfg.augment == "standard" else None,
                 scaler=scaler,
+                predictions=predictions if track_predictions else None,
             )
             record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": lr_last}
             if cfg.label_smoothing:
@@ -441,14 +513,30 @@ def train_trial(
             if monitor:
                 reading = gain_monitor.measure(model, epoch)
                 record.update(gain=reading.gain, gain_max=reading.gain_max, winner=reading.winner)
+            if track_predictions:
+                now = predictions.cpu().numpy().copy()  # the buffer is refilled next epoch
+                record["prediction_changes"] = prediction_changes(previous_predictions, now)
+                previous_predictions = now
+            record.update(_curve_signals(cfg, gain_monitor))
+            if "gradient_disparity" in cfg.signals:
+                record["gradient_disparity"] = _disparity(model, x_train, y_train, cfg, epoch)
             if cfg.eval_test:
                 test_loss, test_acc = _evaluate(model, data.x_test, data.y_test, cfg.batch_size)
                 record.update(test_loss=test_loss, test_acc=test_acc)
-            record["seconds"] = time.perf_counter() - started
             history.append(record)
+            selection = None
             if not math.isfinite(train_loss) or (monitor and not math.isfinite(record["gain"])):
                 what = "training loss" if not math.isfinite(train_loss) else "gain"
                 status, reason = DIVERGED, f"{what} became non-finite at epoch {epoch}"
+            else:  # a diverged epoch is never selected
+                selection = _select(cfg, history)
+                if cfg.select_by != LAST and selection.epoch == epoch:
+                    kept_weights = {
+                        k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                    }
+                selected_epoch = selection.epoch
+            record["selected_epoch"] = selected_epoch
+            record["seconds"] = time.perf_counter() - started
             if ckpt is not None:
                 _atomic_save(state_now(epoch), ckpt)
             context = EpochContext(
@@ -460,6 +548,7 @@ def train_trial(
                 model=model,
                 optimizer=optimizer,
                 config=cfg,
+                selection=selection,
                 _state=functools.partial(state_now, epoch),
             )
             stop = None
@@ -467,13 +556,18 @@ def train_trial(
                 stop = callback(context) or stop
             if status != COMPLETED:
                 break
-            if stop:
-                status, reason = STOPPED, str(stop)
+            if stop or (selection is not None and selection.stop):
+                if stop:
+                    status, reason = STOPPED, str(stop)
+                else:
+                    status, reason = EARLY_STOPPED, f"patience: {selection.reason}"
                 if ckpt is not None:
                     _atomic_save(state_now(epoch), ckpt)
                 break
     if status != COMPLETED:
         logger.info("trial %s: %s", status, reason)
+    if kept_weights is not None and selected_epoch != epoch:
+        model.load_state_dict(kept_weights)  # the selected epoch's weights
     return TrialResult(
         config=cfg,
         status=status,
@@ -490,6 +584,7 @@ def train_trial(
         ),
         model=model,
         data=data.summary(),
+        selected_epoch=selected_epoch,
     )
 
 
@@ -519,7 +614,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def model_from_checkpoint(
-    path: str | Path, *, in_shape: Sequence[int] | None = None, num_classes: int | None = None
+    path: str | Path,
+    *,
+    in_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    weights: str = "selected",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The trained model of a checkpoint written by :func:`train_trial` (on the CPU), rebuilt
     from the checkpoint's own configuration, and the checkpoint.
@@ -528,10 +627,15 @@ def model_from_checkpoint(
         path: The ``checkpoint.pt``.
         in_shape: ``(C, H, W)``, for a checkpoint that does not record its data's shape.
         num_classes: Likewise for the number of classes.
+        weights: ``"selected"`` (default): the weights of the epoch the trial kept
+            (``select_by``; the last epoch's with ``select_by="last"``); ``"last"``: the last
+            epoch's, from which the trial resumes.
 
     Raises:
         ValueError: as :func:`load_checkpoint`, or the shape is unknown.
     """
+    if weights not in ("selected", "last"):
+        raise ValueError(f"weights must be 'selected' or 'last', but got {weights=}.")
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"])
     data = state.get("data") or {}
@@ -543,7 +647,8 @@ def model_from_checkpoint(
             "num_classes."
         )
     model = _build_model(config, shape, int(classes))
-    model.load_state_dict(state["model"])
+    kept = (state.get("selection") or {}).get("model")
+    model.load_state_dict(kept if weights == "selected" and kept is not None else state["model"])
     return model, state
 
 
@@ -617,6 +722,39 @@ def _build_model(cfg: TrainConfig, in_shape: Sequence[int], num_classes: int) ->
     if cfg.dropout is not None:
         kwargs["dropout"] = cfg.dropout
     return create_model(cfg.model, tuple(in_shape), num_classes, width=cfg.width, **kwargs)
+
+
+def _curve_signals(cfg: TrainConfig, gain_monitor: GainMonitor) -> dict[str, float]:
+    """The latest value of each recorded signal of the gain curve (``nan`` before enough
+    readings, or without a gain)."""
+    out = {}
+    gains, epochs = gain_monitor.gains, gain_monitor.epochs
+    if "gain_variability" in cfg.signals:
+        out["gain_variability"] = gain_variability(gains)[-1] if len(gains) else math.nan
+    if "gain_trend" in cfg.signals:
+        out["gain_trend"] = gain_trend(gains, epochs=epochs)[-1] if len(gains) else math.nan
+    return out
+
+
+def _disparity(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, epoch: int
+) -> float:
+    """Gradient disparity after ``epoch``: 5 batches of the trial's batch size (smaller on a
+    small training set), un-augmented, in float32, drawn by a generator of their own."""
+    batch = min(cfg.batch_size, x.shape[0] // DISPARITY_BATCHES)
+    if batch < 1:
+        return math.nan
+    return gradient_disparity(model, x, y, batch_size=batch, seed=cfg.seed * 100_003 + epoch)
+
+
+def _select(cfg: TrainConfig, history: Sequence[Mapping[str, Any]]) -> Selection:
+    """The selection rule over the records so far (diverged ones excluded by the caller)."""
+    if cfg.select_by == LAST:
+        return Selection(int(history[-1]["epoch"]), math.nan, False)
+    values = {int(r["epoch"]): float(r.get(cfg.select_by, math.nan)) for r in history}
+    return select_epoch(
+        values, select_by=cfg.select_by, window=cfg.select_window, patience=cfg.patience
+    )
 
 
 def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -694,13 +832,16 @@ def _train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     augment: torch.Generator | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    predictions: torch.Tensor | None = None,
 ) -> tuple[float, float, float]:
     """One pass over the data: (the mean plain cross-entropy, NaN/inf if the epoch diverged;
     the learning rate the optimizer applied at the epoch's last step; the mean optimised loss,
     which differs from the first with label smoothing).
 
     The loss is summed on the model's device and read once per epoch: no host sync per step.
-    The schedule steps after every batch. ``KeyboardInterrupt`` before any batch once
+    The schedule steps after every batch. ``predictions`` (one entry per example) receives each
+    example's predicted class from its training forward pass (train mode, augmented images, the
+    weights of the moment), on the device. ``KeyboardInterrupt`` before any batch once
     ``stop_event`` is set.
     """
     model.train()
@@ -719,6 +860,8 @@ def _train_epoch(
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(xb)
             loss = F.cross_entropy(logits, y[idx], label_smoothing=cfg.label_smoothing)
+        if predictions is not None:
+            predictions[idx] = logits.detach().argmax(dim=1)
         if cfg.label_smoothing:
             with torch.no_grad():
                 plain = F.cross_entropy(logits.float(), y[idx])

@@ -24,12 +24,21 @@ import torch
 from torch import nn
 
 __all__ = [
+    "DISPARITY_BATCHES",
+    "GAIN_WINDOW",
     "PredictionChanges",
+    "gain_trend",
+    "gain_variability",
     "gradient_disparity",
     "label_wave_epoch",
     "moving_average",
     "prediction_changes",
 ]
+
+#: Gradient disparity's batches per epoch: the paper's ``s = 5`` (10 pairs).
+DISPARITY_BATCHES = 5
+#: The gain signals' window (epochs), the diagnosis's ``W`` (:class:`DiagnosisConfig`).
+GAIN_WINDOW = 5
 
 
 def prediction_changes(previous: np.ndarray | None, current: np.ndarray) -> float:
@@ -143,28 +152,33 @@ def gradient_disparity(
     *,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     batch_size: int = 64,
-    pairs: int = 5,
+    batches: int = DISPARITY_BATCHES,
     seed: int = 0,
 ) -> float:
-    """Mean L2 distance between the parameter gradients of ``pairs`` pairs of disjoint batches.
+    """Mean L2 distance between the parameter gradients of every pair of ``batches`` disjoint
+    training batches (5 batches: the 10 pairs among them, as the paper's ``s = 5``).
 
-    The batches (``batch_size`` examples each, without replacement within a pair) are drawn
-    from ``(x, y)`` with a generator seeded by ``seed``; the forward passes run in the model's
-    current mode (the training mode, as the training loss's gradients do), and the model is left
-    as it was: no ``.grad`` written, modes and buffers (BatchNorm statistics) restored, the
-    global RNG state restored (dropout draws from it inside). A non-finite gradient gives ``nan``.
+    The batches (``batch_size`` examples each, drawn without replacement) come from ``(x, y)``
+    with a generator seeded by ``seed``; each gradient is that of the batch's mean loss
+    (unnormalised). The forward passes run in the model's current mode (the training mode, as
+    the training loss's gradients do), and the model is left as it was: no ``.grad`` written,
+    modes and buffers (BatchNorm statistics) restored, the global RNG state restored (dropout
+    draws from it inside). A non-finite gradient gives ``nan``. Costs ``batches`` forward and
+    backward passes.
 
     Raises:
-        ValueError: fewer than ``2 * batch_size`` examples, or a bad ``pairs``/``batch_size``.
+        ValueError: fewer than ``batches * batch_size`` examples, or a bad setting.
     """
-    for name, setting in (("batch_size", batch_size), ("pairs", pairs)):
+    for name, setting in (("batch_size", batch_size), ("batches", batches)):
         if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
             raise ValueError(f"{name} must be a positive integer, but got {name}={setting!r}.")
+    if batches < 2:
+        raise ValueError(f"batches must be at least 2 (a pair), but got {batches=}.")
     n = int(x.shape[0])
-    if n < 2 * batch_size:
+    if n < batches * batch_size:
         raise ValueError(
-            f"gradient_disparity needs two disjoint batches of batch_size={batch_size}, but the "
-            f"data has {n} examples."
+            f"gradient_disparity needs {batches} disjoint batches of batch_size={batch_size}, "
+            f"but the data has {n} examples."
         )
     loss_fn = loss_fn or nn.functional.cross_entropy
     params = [p for p in model.parameters() if p.requires_grad]
@@ -172,19 +186,51 @@ def gradient_disparity(
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     generator = torch.Generator().manual_seed(seed)
     devices = [x.device] if x.device.type == "cuda" else []
-    distances = []
+    order = torch.randperm(n, generator=generator)[: batches * batch_size].to(x.device)
+    grads = []
     with torch.random.fork_rng(devices=devices), torch.enable_grad():
-        for _ in range(pairs):
-            order = torch.randperm(n, generator=generator)[: 2 * batch_size].to(x.device)
-            grads = []
-            for part in (order[:batch_size], order[batch_size:]):
-                loss = loss_fn(model(x[part]), y[part])
-                grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
-            distances.append(float(torch.linalg.vector_norm(grads[0] - grads[1])))
+        for part in order.split(batch_size):
+            loss = loss_fn(model(x[part]), y[part])
+            grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
     with torch.no_grad():
         for name, b in model.named_buffers():
             b.copy_(buffers[name])
     for module, training in modes.items():
         module.train(training)
-    mean = float(np.mean(distances))
+    stacked = torch.stack(grads).double()
+    mean = float(torch.pdist(stacked).mean())  # the L2 distance of every pair
     return mean if math.isfinite(mean) else math.nan
+
+
+def gain_variability(gains: Sequence[float], *, window: int = GAIN_WINDOW) -> list[float]:
+    """The paper's "flat, then variable" as a per-epoch signal: at each epoch, the spread
+    (standard deviation) of the gain's last ``window`` epoch-to-epoch differences (dB/epoch),
+    ``nan`` until two differences exist. Lowest on a flat, calm stretch; it rises when the gain
+    turns variable, the paper's "strong overfitting, time to stop"."""
+    g = np.asarray(gains, dtype=np.float64).ravel()
+    diffs = np.diff(g)
+    out = [math.nan] * g.size
+    for i in range(2, g.size):  # epoch index i has differences diffs[: i]
+        chunk = diffs[max(0, i - window) : i]
+        out[i] = float(np.std(chunk)) if np.all(np.isfinite(chunk)) else math.nan
+    return out
+
+
+def gain_trend(
+    gains: Sequence[float], *, epochs: Sequence[int] | None = None, window: int = GAIN_WINDOW
+) -> list[float]:
+    """The gain's "rise after a plateau" as a per-epoch signal: at each epoch, the
+    least-squares slope (dB/epoch) of the gain over its last ``window`` readings, ``nan`` until
+    three readings exist. Lowest on the plateau; it rises when the gain climbs again."""
+    g = np.asarray(gains, dtype=np.float64).ravel()
+    e = np.asarray(epochs if epochs is not None else range(1, g.size + 1), dtype=np.float64)
+    if e.size != g.size:
+        raise ValueError(f"epochs must have one entry per gain ({g.size}), got {e.size}.")
+    out = [math.nan] * g.size
+    for i in range(2, g.size):
+        lo = max(0, i - window + 1)
+        ys, xs = g[lo : i + 1], e[lo : i + 1]
+        if np.all(np.isfinite(ys)):
+            xc = xs - xs.mean()
+            out[i] = float(np.dot(xc, ys - ys.mean()) / np.dot(xc, xc))
+    return out
