@@ -411,7 +411,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         row += f" {ctx.record['gain']:>8.2f}"
         row += f" {feats.trend:>+6.2f}"
         for name in shown:
-            title, width, form = _SIGNAL_COLUMNS[name]
+            _, width, form = _SIGNAL_COLUMNS[name]
             row += f" {ctx.record[name]:>{width}{form}}"
         if config.select_by != "last":
             row += f" {ctx.record['selected_epoch'] or '':>4}"
@@ -695,10 +695,14 @@ def _write_search_report(args: argparse.Namespace) -> str | None:
 def format_table(rows: list[TrialRow]) -> str:
     """The end-of-run table of trials."""
     params = sorted({k for r in rows for k in r.params})
-    header = ["#", "state", *params, "value", "epochs", "diagnosis", "prune reason"]
+    # with a stopping rule: the kept epoch (whose score is the value), and why trials stopped
+    selecting = any((r.config or {}).get("select_by", "last") != "last" for r in rows)
+    header = ["#", "state", *params, "value", "epochs", *(["kept"] if selecting else [])]
+    header += ["diagnosis", "stop reason" if selecting else "prune reason"]
     lines = []
     for r in rows:
         value = r.value if r.value is not None else r.values
+        kept = [_fmt(r.selected_epoch)] if selecting else []
         lines.append(
             [
                 str(r.number),
@@ -706,8 +710,9 @@ def format_table(rows: list[TrialRow]) -> str:
                 *[_fmt(r.params.get(p, "")) for p in params],
                 _fmt(value),
                 str(r.epochs),
+                *kept,
                 r.diagnosis,
-                r.prune_reason,
+                r.prune_reason or r.stop_reason,
             ]
         )
     widths = [

@@ -247,3 +247,68 @@ def test_inside_ray_tune_the_gain_scheduler_decides(tmp_path: Path) -> None:
     assert good.checkpoint is not None  # ray_checkpoint: the Lightning checkpoint went along
     assert bad.metrics["epoch"] < 3  # stopped by the scheduler too (below its peers or diverged)
     assert bad.metrics["trial_id"] in scheduler.stop_reasons
+
+
+class IndexedTiny(Tiny):
+    """Tiny whose training step returns what prediction changes need."""
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], _: int) -> dict[str, torch.Tensor]:
+        idx, x, y = batch
+        logits = self(x)
+        return {
+            "loss": torch.nn.functional.cross_entropy(logits, y),
+            "logits": logits,
+            "indices": idx,
+        }
+
+
+def test_lightning_early_stopping_and_checkpoint_work_on_prediction_changes(
+    digits: TensorData, tmp_path: Path
+) -> None:
+    from gainsearch.core.signals import Indexed
+
+    data = Indexed(TensorDataset(digits.x_train[:512], digits.y_train[:512]))
+    train = DataLoader(
+        data, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    callback = GainCallback(signals=["prediction_changes", "gain_variability"])
+    stop = pl.callbacks.EarlyStopping(monitor="prediction_changes", mode="min", patience=2)
+    keep = pl.callbacks.ModelCheckpoint(
+        monitor="prediction_changes", mode="min", save_top_k=1, dirpath=tmp_path / "ckpt"
+    )
+    logged: list[float] = []
+    direct: list[float] = []
+    predictions: list[dict[int, int]] = [{}]
+
+    class Record(pl.Callback):  # what EarlyStopping saw, and the changes counted directly
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+            pairs = zip(
+                outputs["indices"].tolist(), outputs["logits"].argmax(1).tolist(), strict=True
+            )
+            predictions[-1].update(pairs)
+
+        def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            logged.append(float(trainer.callback_metrics["prediction_changes"]))
+            if len(predictions) > 1:
+                before, now = predictions[-2], predictions[-1]
+                direct.append(float(sum(before[i] != now[i] for i in now)))
+            predictions.append({})
+
+    torch.manual_seed(0)
+    fit = trainer(40, [callback, Record(), stop, keep], tmp_path)
+    fit.fit(IndexedTiny(0.1), train)
+    assert 0 < stop.stopped_epoch < 39  # stopped by Lightning's EarlyStopping, on our signal
+    assert logged[0] == 512.0  # the first epoch: every example counts as changed
+    assert logged[1:] == direct and all(v >= 0 for v in logged)
+    best = min(range(len(logged)), key=lambda i: (logged[i], i))
+    assert len(logged) - 1 - best == 2  # patience 2, counted from the best epoch
+    assert float(keep.best_model_score) == logged[best]
+    assert f"epoch={best}" in Path(keep.best_model_path).name  # Lightning counts from 0
+
+
+def test_prediction_changes_need_logits_and_indices(digits: TensorData, tmp_path: Path) -> None:
+    callback = GainCallback(signals=["prediction_changes"])
+    with pytest.raises(ValueError, match=r"needs training_step to return \{'loss': loss, 'logits'"):
+        trainer(1, [callback], tmp_path).fit(Tiny(0.05), loader(digits))
+    with pytest.raises(ValueError, match=r"signals must be a sequence of names from"):
+        GainCallback(signals=["gradient_disparity"])

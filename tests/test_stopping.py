@@ -194,3 +194,55 @@ def test_cli_train_stops_by_patience_and_names_the_kept_epoch(
     assert "status:    early_stopped (patience: prediction_changes" in printed
     assert history["history"][-1]["epoch"] == kept + 2 < 30
     assert "disparity" in printed and "changes" in printed
+
+
+def test_a_spec_with_select_by_reports_the_kept_checkpoints_score_on_both_back_ends(
+    tmp_path: Path,
+) -> None:
+    """Optuna and Ray: trials stopped by patience complete, their value is the trial score at
+    the kept epoch (not the last one), the tables say why they stopped, and Tune's
+    ``CheckpointConfig`` keeps the kept epoch's checkpoint."""
+    import optuna
+    import ray
+
+    from gainsearch.search.run_optuna import run_study
+    from gainsearch.search.run_ray import run_tuner
+    from gainsearch.search.spaces import parse_spec
+
+    spec = parse_spec(
+        {
+            "name": "kept",
+            "train": {
+                **FAST,
+                "epochs": 25,
+                "select_by": "prediction_changes",
+                "patience": 2,
+            },
+            "search": {"lr": {"type": "float", "low": 0.08, "high": 0.1}},
+            "pruner": {"type": "none"},
+            "sampler": {"type": "random", "seed": 0},
+        }
+    )
+    optuna_run = run_study(spec, out_dir=tmp_path / "optuna", n_trials=2, heartbeat=None)
+    ray_run = run_tuner(spec, out_dir=tmp_path / "ray", n_trials=2, max_concurrent=1)
+    assert not ray.is_initialized()
+    for outcome in (optuna_run, ray_run):
+        for row in outcome.rows:
+            assert row.state == "complete" and row.epochs < 25
+            assert row.selected_epoch == row.epochs - 2
+            assert row.value == row.value_curve[row.selected_epoch - 1] != row.value_curve[-1]
+            assert row.stop_reason.startswith("patience: prediction_changes has not improved")
+            assert len(row.signals["prediction_changes"]) == row.epochs
+        assert outcome.best["best"]["selected_epoch"] in {r.selected_epoch for r in outcome.rows}
+    for folder in ("optuna", "ray"):
+        study = optuna.load_study(
+            study_name="kept", storage=f"sqlite:///{tmp_path / folder}/study.db"
+        )
+        for t in study.trials:
+            assert t.value == t.intermediate_values[t.user_attrs["selected_epoch"]]
+    header = (tmp_path / "ray" / "trials.csv").read_text().splitlines()[0].split(",")
+    assert {"selected_epoch", "stop_reason"} <= set(header)
+    for row in ray_run.rows:  # Tune kept the selected epoch's checkpoint, and the latest
+        kept = sorted((tmp_path / "ray").glob(f"ray_results/kept/*{row.trial_id}*/checkpoint_*"))
+        epochs = [int(load_checkpoint(k / "checkpoint.pt")["epoch"]) for k in kept]
+        assert epochs == [row.selected_epoch, row.epochs]

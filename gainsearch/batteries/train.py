@@ -556,11 +556,12 @@ def train_trial(
                 stop = callback(context) or stop
             if status != COMPLETED:
                 break
-            if stop or (selection is not None and selection.stop):
+            patience_ran_out = selection.reason if selection is not None and selection.stop else ""
+            if stop or patience_ran_out:
                 if stop:
                     status, reason = STOPPED, str(stop)
                 else:
-                    status, reason = EARLY_STOPPED, f"patience: {selection.reason}"
+                    status, reason = EARLY_STOPPED, f"patience: {patience_ran_out}"
                 if ckpt is not None:
                     _atomic_save(state_now(epoch), ckpt)
                 break

@@ -1,5 +1,6 @@
-"""Validation-free stopping signals beside the gain (groundwork: not yet wired into the trainer,
-the adapters or a selection rule; see docs/development.md).
+"""Validation-free stopping signals beside the gain: pure functions of predictions, of a model
+and a batch, or of the gain curve. The selection rule that turns them into a kept epoch is
+:mod:`gainsearch.core.selection`; the built-in trainer records them every epoch.
 
 * :func:`prediction_changes` and :class:`PredictionChanges` (Yuan, Feng & Liu, ICLR 2025, "Label
   Wave"): at epoch ``e``, the number of training examples whose predicted class differs from
@@ -12,6 +13,10 @@ the adapters or a selection rule; see docs/development.md).
   ``pairs`` pairs. The batches are drawn with a generator of its own (``seed``); the model is
   left exactly as it was: no parameter ``.grad`` written, train/eval modes and BatchNorm buffers
   restored, the global RNG untouched.
+* :func:`gain_variability` and :func:`gain_trend`: the gain's own stopping rule (the paper,
+  section IV-C1: "flat, then variable"; and a rise after a plateau) as per-epoch signals.
+* :class:`Indexed`: a dataset wrapper that adds each example's index, for an own loop's or a
+  LightningModule's prediction changes.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from torch import nn
 __all__ = [
     "DISPARITY_BATCHES",
     "GAIN_WINDOW",
+    "Indexed",
     "PredictionChanges",
     "gain_trend",
     "gain_variability",
@@ -84,17 +90,38 @@ class PredictionChanges:
             value = changes.end_epoch()            # nan at epoch 1
 
     Args:
-        n: The number of training examples.
+        n: The number of training examples; ``None``: grown to the largest index seen.
     """
 
-    def __init__(self, n: int) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    def __init__(self, n: int | None = None) -> None:
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"n must be a positive integer (the training set's size), got {n=}.")
         self.n = n
         self._previous: np.ndarray | None = None
-        self._current = np.full(n, -1, dtype=np.int64)
+        self._current = np.full(n or 0, -1, dtype=np.int64)
         #: The value of every finished epoch, in order.
         self.history: list[float] = []
+
+    @property
+    def seen(self) -> int:
+        """Examples with a prediction in the epoch under way."""
+        return int(np.count_nonzero(self._current >= 0))
+
+    def state_dict(self) -> dict[str, object]:
+        """What a resumed run needs (the last epoch's predictions, the history)."""
+        return {
+            "previous": None if self._previous is None else self._previous.tolist(),
+            "history": list(self.history),
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        previous = state.get("previous")
+        self._previous = None if previous is None else np.asarray(previous, dtype=np.int64)
+        self.history = [float(v) for v in state.get("history", [])]  # type: ignore[attr-defined]
+        self._current = np.full(self._size(), -1, dtype=np.int64)
+
+    def _size(self) -> int:
+        return self.n or (0 if self._previous is None else self._previous.size)
 
     def update(self, indices: torch.Tensor | Sequence[int], logits: torch.Tensor) -> None:
         """Record the predicted class (argmax of ``logits``, ``(B, K)``) of the batch's examples."""
@@ -105,16 +132,47 @@ class PredictionChanges:
                 f"indices and logits must describe the same batch, but got {idx.size} indices "
                 f"and {pred.size} rows of logits."
             )
-        if idx.size and (idx.min() < 0 or idx.max() >= self.n):
+        if idx.size and (idx.min() < 0 or (self.n is not None and idx.max() >= self.n)):
             raise ValueError(f"indices must be in [0, {self.n}), but got {idx.min()}..{idx.max()}.")
+        if idx.size and idx.max() >= self._current.size:  # n=None: grow
+            grown = np.full(int(idx.max()) + 1, -1, dtype=np.int64)
+            grown[: self._current.size] = self._current
+            self._current = grown
         self._current[idx] = pred
 
     def end_epoch(self) -> float:
         """The epoch's prediction changes (``nan`` at the first epoch); starts the next epoch."""
-        value = prediction_changes(self._previous, self._current)
-        self._previous, self._current = self._current, np.full(self.n, -1, dtype=np.int64)
+        current = self._current
+        if self._previous is not None and self._previous.size != current.size:  # n=None
+            size = max(self._previous.size, current.size)
+            self._previous, current = (_pad(a, size) for a in (self._previous, current))
+        value = prediction_changes(self._previous, current)
+        self._previous = current
+        self._current = np.full(self.n or current.size, -1, dtype=np.int64)
         self.history.append(value)
         return value
+
+
+def _pad(values: np.ndarray, size: int) -> np.ndarray:
+    out = np.full(size, -1, dtype=np.int64)
+    out[: values.size] = values
+    return out
+
+
+class Indexed(torch.utils.data.Dataset):
+    """A dataset whose items are ``(index, *item)``: the example's index first, so that a
+    training step can hand :class:`PredictionChanges` (or ``GainCallback``) the indices of its
+    batch. ``Indexed(TensorDataset(x, y))[i] == (i, x[i], y[i])``."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[object, ...]:
+        item = self.dataset[index]
+        return (index, *item) if isinstance(item, tuple) else (index, item)
 
 
 def moving_average(series: Sequence[float], window: int) -> np.ndarray:
@@ -202,7 +260,9 @@ def gradient_disparity(
     return mean if math.isfinite(mean) else math.nan
 
 
-def gain_variability(gains: Sequence[float], *, window: int = GAIN_WINDOW) -> list[float]:
+def gain_variability(
+    gains: Sequence[float] | np.ndarray, *, window: int = GAIN_WINDOW
+) -> list[float]:
     """The paper's "flat, then variable" as a per-epoch signal: at each epoch, the spread
     (standard deviation) of the gain's last ``window`` epoch-to-epoch differences (dB/epoch),
     ``nan`` until two differences exist. Lowest on a flat, calm stretch; it rises when the gain
@@ -217,7 +277,10 @@ def gain_variability(gains: Sequence[float], *, window: int = GAIN_WINDOW) -> li
 
 
 def gain_trend(
-    gains: Sequence[float], *, epochs: Sequence[int] | None = None, window: int = GAIN_WINDOW
+    gains: Sequence[float] | np.ndarray,
+    *,
+    epochs: Sequence[int] | None = None,
+    window: int = GAIN_WINDOW,
 ) -> list[float]:
     """The gain's "rise after a plateau" as a per-epoch signal: at each epoch, the
     least-squares slope (dB/epoch) of the gain over its last ``window`` readings, ``nan`` until

@@ -16,6 +16,23 @@ Without ``trial=`` or ``ray_tune=True`` the callback measures and logs, and stop
 when the trial diverges (a non-finite training loss or gain): the gain is then a logged metric
 like any other, for ``EarlyStopping``, ``ModelCheckpoint`` and the loggers.
 
+The stopping signals (:mod:`gainsearch.core.signals`) are logged too, so that Lightning's own
+early stopping and checkpointing work without validation data (put the callback before
+``EarlyStopping`` in the list)::
+
+    callbacks = [
+        GainCallback(signals=["prediction_changes"]),
+        EarlyStopping(monitor="prediction_changes", mode="min", patience=5),
+        ModelCheckpoint(monitor="prediction_changes", mode="min"),
+    ]
+
+``prediction_changes`` needs the training step to return the batch's logits and its examples'
+indices: ``return {"loss": loss, "logits": logits, "indices": idx}`` (wrap the training set in
+:class:`gainsearch.core.signals.Indexed` to get them). At the first epoch, which has no
+previous predictions, it logs the number of examples seen (every one counts as changed) rather
+than the built-in trainer's ``nan``: ``EarlyStopping`` stops on a non-finite value. Single
+process only (under DDP the ranks see different examples each epoch).
+
 The training loss of an epoch is the mean of what ``training_step`` returned (its ``loss``),
 weighted by batch size, reduced over processes: the same quantity the built-in trainer records.
 Under DDP the gain is measured on rank 0 only and every rank receives the same values and the
@@ -35,6 +52,7 @@ from gainsearch.core.decision import DIVERGED, Decision
 from gainsearch.core.evaluation import evaluate
 from gainsearch.core.monitor import GainMonitor
 from gainsearch.core.objective import METRICS, TrialScoreConfig
+from gainsearch.core.signals import PredictionChanges, gain_trend, gain_variability
 from gainsearch.core.spectral import Target, _check_in_shape, _check_smoothing, _check_target
 
 try:
@@ -50,6 +68,9 @@ logger = logging.getLogger(__name__)
 
 #: What the callback logs every epoch (and what ModelCheckpoint/EarlyStopping may monitor).
 LOGGED = ("gain", "trial_score", "level", "trend", "variability")
+#: The stopping signals the callback can log (gradient disparity needs the training data: the
+#: built-in trainer or :func:`gainsearch.core.signals.gradient_disparity` in an own loop).
+SIGNALS = ("prediction_changes", "gain_variability", "gain_trend")
 
 
 class GainCallback(pl.Callback):
@@ -93,7 +114,10 @@ class GainCallback(pl.Callback):
         every_n_epochs: Measure (and report, and decide) every this many epochs (the epochs
             ``k, 2k, ...``, as ``check_val_every_n_epoch``); the epoch numbers are reported as
             they are, so the study compares trials at the same epochs.
-        log: Log :data:`LOGGED` with ``pl_module.log`` at every measured epoch.
+        log: Log :data:`LOGGED` and the signals with ``pl_module.log`` at every measured epoch.
+        signals: Stopping signals to log, from :data:`SIGNALS` (default: the gain's two, which
+            need nothing; ``"prediction_changes"`` needs the training step's logits and indices,
+            see the module docstring).
 
     State (the gain history and the training losses) is saved in Lightning checkpoints under a
     key made of the arguments that shape it, so two callbacks (say, two targets) can share a
@@ -116,8 +140,14 @@ class GainCallback(pl.Callback):
         trial_config: TrialScoreConfig | None = None,
         every_n_epochs: int = 1,
         log: bool = True,
+        signals: Sequence[str] = ("gain_variability", "gain_trend"),
     ) -> None:
         super().__init__()
+        if isinstance(signals, str) or any(s not in SIGNALS for s in signals):
+            raise ValueError(
+                f"signals must be a sequence of names from {list(SIGNALS)}, but got "
+                f"signals={signals!r}."
+            )
         if trial is not None and ray_tune:
             raise ValueError("GainCallback reports to one back end: pass trial= or ray_tune=True.")
         if ray_checkpoint and not ray_tune:
@@ -145,6 +175,9 @@ class GainCallback(pl.Callback):
         self.trial_config = trial_config
         self.every_n_epochs = every_n_epochs
         self.log = log
+        self.signals = tuple(signals)
+        #: the prediction changes of every epoch (with ``"prediction_changes"``)
+        self.changes = PredictionChanges() if "prediction_changes" in self.signals else None
         self.monitor: GainMonitor | None = None
         if self.in_shape is not None:
             self.monitor = self._new_monitor(self.in_shape)
@@ -179,6 +212,7 @@ class GainCallback(pl.Callback):
         return {
             "monitor": None if self.monitor is None else self.monitor.state_dict(),
             "epoch_losses": dict(self.epoch_losses),
+            "changes": None if self.changes is None else self.changes.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -187,6 +221,8 @@ class GainCallback(pl.Callback):
         else:  # a checkpoint from before every_n_epochs: one loss per epoch 1, 2, ...
             old = state_dict.get("losses", [])
             self.epoch_losses = {i + 1: float(v) for i, v in enumerate(old)}
+        if self.changes is not None and state_dict.get("changes") is not None:
+            self.changes.load_state_dict(state_dict["changes"])
         monitor = state_dict.get("monitor")
         if monitor is not None:
             if self.monitor is None:
@@ -194,6 +230,14 @@ class GainCallback(pl.Callback):
             self.monitor.load_state_dict(monitor)
 
     # -- hooks --------------------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.changes is not None and trainer.world_size > 1:
+            raise ValueError(
+                "GainCallback(signals=[..., 'prediction_changes']) runs in a single process: "
+                f"this fit has world_size={trainer.world_size}, whose ranks see different "
+                "examples each epoch."
+            )
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._loss_sum, self._count = None, 0
 
@@ -219,9 +263,25 @@ class GainCallback(pl.Callback):
             value = loss.detach().to(torch.float64) * n  # summed on the device: no host sync
             self._loss_sum = value if self._loss_sum is None else self._loss_sum + value
             self._count += n
+        if self.changes is not None:
+            if not (isinstance(outputs, dict) and {"logits", "indices"} <= set(outputs)):
+                raise ValueError(
+                    "GainCallback(signals=[..., 'prediction_changes']) needs training_step to "
+                    "return {'loss': loss, 'logits': logits, 'indices': idx}, idx the batch's "
+                    "example indices (wrap the data set in gainsearch.core.signals.Indexed); "
+                    f"it returned {type(outputs).__name__}"
+                    + (f" with keys {sorted(outputs)}" if isinstance(outputs, dict) else "")
+                    + "."
+                )
+            self.changes.update(outputs["indices"], outputs["logits"])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
+        changes = math.nan
+        if self.changes is not None and self._count:  # every epoch: changes are epoch to epoch
+            seen = self.changes.seen
+            changes = self.changes.end_epoch()
+            changes = float(seen) if math.isnan(changes) else changes  # the first epoch
         if self.monitor is None or self._loss_sum is None or epoch % self.every_n_epochs:
             return  # no batch this epoch, or not an epoch to measure
         total = trainer.strategy.reduce(self._loss_sum, reduce_op="sum")
@@ -233,7 +293,11 @@ class GainCallback(pl.Callback):
         payload: dict[str, Any] = {}
         if trainer.is_global_zero:
             values, decision = self.decide(trainer, pl_module, epoch, loss)
-            payload = {"values": values, "decision": _as_dict(decision)}
+            payload = {
+                "values": values,
+                "decision": _as_dict(decision),
+                "signals": self._signals(changes),
+            }
         payload = trainer.strategy.broadcast(payload, src=0)
         self.epoch_losses = {e: v for e, v in self.epoch_losses.items() if e < epoch}
         self.epoch_losses[epoch] = loss
@@ -241,11 +305,24 @@ class GainCallback(pl.Callback):
             for name in LOGGED:
                 value = payload["values"].get(name)
                 pl_module.log(name, math.nan if value is None else float(value), on_epoch=True)
+            for name in self.signals:
+                value = payload["signals"][name]
+                if math.isfinite(value):  # the gain's need a few epochs first
+                    pl_module.log(name, value, on_epoch=True)
         decision = Decision(**payload["decision"])
         if decision.prune:  # the action, apart from the decision
             self.stopped = decision
             logger.info("stopping at epoch %d (%s): %s", epoch, decision.rule, decision.reason)
             trainer.should_stop = True
+
+    def _signals(self, changes: float) -> dict[str, float]:
+        assert self.monitor is not None
+        gains, epochs = self.monitor.gains, self.monitor.epochs
+        return {
+            "prediction_changes": changes,
+            "gain_variability": gain_variability(gains)[-1],
+            "gain_trend": gain_trend(gains, epochs=epochs)[-1],
+        }
 
     def check_pruned(self) -> None:
         """Raise ``optuna.TrialPruned`` with the reason if the trial was pruned (after fit)."""
@@ -339,10 +416,12 @@ def _as_dict(decision: Decision) -> dict[str, Any]:
 
 
 def _first_tensor(batch: Any) -> torch.Tensor | None:
+    """The batch's images: its first 4-D tensor (an ``Indexed`` batch starts with the indices),
+    else its first tensor."""
     if isinstance(batch, torch.Tensor):
         return batch
-    if isinstance(batch, (list, tuple)):
-        return next((b for b in batch if isinstance(b, torch.Tensor)), None)
-    if isinstance(batch, dict):
-        return next((b for b in batch.values() if isinstance(b, torch.Tensor)), None)
-    return None
+    items = batch.values() if isinstance(batch, dict) else batch
+    if not isinstance(batch, (list, tuple, dict)):
+        return None
+    tensors = [b for b in items if isinstance(b, torch.Tensor)]
+    return next((t for t in tensors if t.dim() == 4), tensors[0] if tensors else None)

@@ -33,7 +33,16 @@ __all__ = [
 ]
 
 #: ``trials.csv`` columns after ``number``, ``state`` and the parameters.
-CSV_TAIL = ("value", "epochs", "final_gain", "diagnosis", "prune_reason", "test_acc")
+CSV_TAIL = (
+    "value",
+    "epochs",
+    "selected_epoch",
+    "final_gain",
+    "diagnosis",
+    "prune_reason",
+    "stop_reason",
+    "test_acc",
+)
 
 
 @dataclass
@@ -68,6 +77,10 @@ class TrialRow:
             where non-finite or not reported).
         decision_rule: The decision core's rule at the trial's last epoch, and its reason.
         config: The trial's resolved training configuration.
+        selected_epoch: The epoch whose weights the trial kept (its ``select_by``; the last
+            epoch with ``select_by: last``). ``value`` is the trial score at this epoch.
+        stop_reason: Why a trial that completed stopped before its budget (patience ran out).
+        signals: The stopping signals per epoch (``None`` where non-finite or not recorded).
     """
 
     number: int
@@ -92,11 +105,15 @@ class TrialRow:
     decision_rule: str = ""
     decision_reason: str = ""
     config: dict[str, Any] | None = None
+    selected_epoch: int | None = None
+    stop_reason: str = ""
+    signals: dict[str, list[float | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:  # one form for a missing reading: None (as in JSON)
         self.gain_curve = [_finite_or_none(v) for v in self.gain_curve]
         self.train_loss = [_finite_or_none(v) for v in self.train_loss]
         self.value_curve = [_finite_or_none(v) for v in self.value_curve]
+        self.signals = {k: [_finite_or_none(v) for v in vs] for k, vs in self.signals.items()}
 
     @property
     def final_gain(self) -> float | None:
@@ -147,6 +164,7 @@ class TrialRow:
         entry.update(
             params=dict(self.params),
             values=dict(zip(metrics, values, strict=True)),
+            selected_epoch=self.selected_epoch,
             diagnosis=self.diagnosis,
             config=config,
         )

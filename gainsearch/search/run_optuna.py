@@ -87,12 +87,19 @@ class GainObjective:
         losses: list[float] = []
         test_acc: list[float] = []
         test_loss: list[float] = []
-        reported: list[float | tuple[float, ...]] = [
-            math.nan if len(metrics) == 1 else (math.nan,) * len(metrics)
-        ]
+        reported: dict[int, float | tuple[float, ...]] = {
+            0: math.nan if len(metrics) == 1 else (math.nan,) * len(metrics)
+        }
+        signals: dict[str, list[float]] = {name: [] for name in config.signals}
 
         def on_epoch(ctx: EpochContext) -> None:
             losses.append(float(ctx.record["train_loss"]))  # stored by report_gain
+            for name, values in signals.items():
+                values.append(float(ctx.record[name]))
+            trial.set_user_attr("signals", {k: finite_json(v) for k, v in signals.items()})
+            trial.set_user_attr("selected_epoch", ctx.record["selected_epoch"])
+            if ctx.selection is not None and ctx.selection.stop:
+                trial.set_user_attr("stop_reason", f"patience: {ctx.selection.reason}")
             if ctx.epoch == config.epochs and not ctx.diverged:  # for the report's figure
                 trial.set_user_attr("spectrum", ctx.monitor.spectrum(ctx.model))
             if self.eval_test:  # recorded for evaluation only: nothing below reads them
@@ -100,7 +107,7 @@ class GainObjective:
                 test_loss.append(float(ctx.record["test_loss"]))
                 trial.set_user_attr("test_acc", test_acc)
                 trial.set_user_attr("test_loss", finite_json(test_loss))
-            reported[0] = report_gain(
+            reported[ctx.epoch] = report_gain(
                 trial,
                 ctx.monitor,
                 ctx.epoch,
@@ -115,7 +122,8 @@ class GainObjective:
             config, data=self.data, callbacks=[on_epoch], stop_event=_stop_requested
         )
         trial.set_user_attr("status", result.status)  # a diverged trial was pruned by on_epoch
-        return reported[0]  # the last epoch's value(s), as reported
+        # the kept checkpoint's value(s): the last epoch's with select_by "last"
+        return reported.get(result.selected_epoch or 0, reported[max(reported)])
 
 
 @dataclass(kw_only=True)

@@ -55,6 +55,8 @@ logger = logging.getLogger(__name__)
 #: The spec's metric -> the key of the reported result that Tune optimises.
 RESULT_KEYS = {"trial_score": TRIAL_SCORE, "gain_score": SCORE}
 CHECKPOINT_FILE = "checkpoint.pt"
+#: The checkpoint score: the epoch when it is the selected one, else 0 (see gain_trainable).
+KEPT_ATTRIBUTE = "kept_checkpoint"
 GAINSEARCH_KEY = "_gainsearch"  # fixed, non-searched settings travel in the config under this key
 
 
@@ -70,8 +72,11 @@ def gain_trainable(config: dict[str, Any]) -> None:
     training settings (``train``), the score weights (``variability_weight``) and whether to
     record test metrics. Reports ``epoch``, ``gain``, ``trial_score``
     (:func:`gainsearch.trial_score`), ``gain_score``, ``level``, ``trend``,
-    ``variability``, ``saturation``, ``diagnosis``, ``train_loss``, ``diverged`` (+ ``test_acc``,
-    ``test_loss``) with a checkpoint directory holding ``checkpoint.pt``.
+    ``variability``, ``saturation``, ``diagnosis``, ``train_loss``, ``diverged``, each recorded
+    stopping signal, ``selected_epoch``, ``kept_checkpoint`` (the epoch number when this epoch
+    is, at that point, the selected one, else 0: the score of Tune's ``CheckpointConfig``, which
+    thus keeps the selected epoch's checkpoint and the latest), ``stop_reason`` (patience ran
+    out) (+ ``test_acc``, ``test_loss``) with a checkpoint directory holding ``checkpoint.pt``.
     """
     from ray.tune import Checkpoint
 
@@ -96,10 +101,16 @@ def gain_trainable(config: dict[str, Any]) -> None:
                     local.write_bytes(saved.read_bytes())
 
         def report(ctx: EpochContext) -> None:
+            selected = ctx.record["selected_epoch"]
             extra: dict[str, Any] = {
                 "gain_max": _finite(ctx.record["gain_max"]),
                 "node_id": ray.get_runtime_context().get_node_id(),
+                **{name: _finite(ctx.record[name]) for name in train_config.signals},
+                "selected_epoch": selected,
+                KEPT_ATTRIBUTE: ctx.epoch if selected == ctx.epoch else 0,
             }
+            if ctx.selection is not None and ctx.selection.stop:
+                extra["stop_reason"] = f"patience: {ctx.selection.reason}"
             if ctx.epoch == train_config.epochs and not ctx.diverged:  # the report's figure
                 extra["spectrum"] = ctx.monitor.spectrum(ctx.model)
             if train_config.eval_test:  # evaluation only: the scheduler never reads these
@@ -607,7 +618,11 @@ class _Run:
                 name=self.name,
                 storage_path=self.results_path,
                 failure_config=FailureConfig(max_failures=max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=1,  # the selected epoch's (and Tune always keeps the latest)
+                    checkpoint_score_attribute=KEPT_ATTRIBUTE,
+                    checkpoint_score_order="max",
+                ),
                 verbose=2 if self.ray_output else 0,
                 callbacks=self.callbacks(scheduler),
             ),
@@ -715,6 +730,8 @@ def result_rows(
             reason = reason or f"diverged at epoch {epochs}"
         elif rule:
             state = "pruned"
+        elif metrics.get("stop_reason"):  # patience ran out: a completed trial
+            state = "complete"
         elif epochs < budget and client_mode:  # no stored reason: the scheduler ran remotely
             state, rule = "pruned", "pruner"
             reason = f"stopped at epoch {epochs} by the {spec.pruner} scheduler"
@@ -722,8 +739,14 @@ def result_rows(
             state, reason = "interrupted", "the run stopped before this trial finished"
         else:
             state = "complete"
+        selected = metrics.get("selected_epoch")
+        selected = int(selected) if selected is not None and selected == selected else None
         score = metrics.get(result_key(spec))
+        if selected is not None and selected in values_by_epoch:  # the kept checkpoint's
+            score = values_by_epoch[selected]
         score = None if score is None or score != score else float(score)
+        config = _config_of(spec, result.config or {})
+        names = (config or {}).get("signals") or []
         rows.append(
             TrialRow(
                 number=number,
@@ -746,7 +769,16 @@ def result_rows(
                 value_curve=[values_by_epoch.get(e) for e in range(1, len(curve) + 1)],
                 decision_rule=str(metrics.get("decision_rule") or ""),
                 decision_reason=str(metrics.get("decision_reason") or ""),
-                config=_config_of(spec, result.config or {}),
+                config=config,
+                selected_epoch=selected,
+                stop_reason=str(metrics.get("stop_reason") or ""),
+                signals={
+                    name: [
+                        _series(result.metrics_dataframe, name).get(e)
+                        for e in range(1, len(curve) + 1)
+                    ]
+                    for name in names
+                },
             )
         )
     return rows

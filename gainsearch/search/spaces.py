@@ -77,6 +77,12 @@ NOT_SEARCHABLE = (
     "precision",
     "channels_last",
     "gain_smoothing",
+    # how a trial picks and keeps its epoch: one rule for the whole study, so that the trials'
+    # values (each the trial score at its kept epoch) compare
+    "signals",
+    "select_by",
+    "patience",
+    "select_window",
 )
 
 

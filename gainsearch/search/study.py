@@ -248,6 +248,9 @@ _ROW_ATTRS = (
     "config",
     "epoch_log",
     "nodes",
+    "selected_epoch",
+    "stop_reason",
+    "signals",
 )
 #: A row's state -> the trial state it is recorded in. An interrupted Ray trial is recorded as
 #: the Optuna back end records one: failed (the resumed run finishes it as a new trial).
