@@ -1,4 +1,4 @@
-"""Cost of one gain measurement as a fraction of one training epoch.
+"""Cost of one gain measurement, and of each stopping signal, as a fraction of one epoch.
 
     python benchmarks/monitor_overhead.py [--data-root ../shared/data/mnist5k] [--repeats 50]
     python benchmarks/monitor_overhead.py --scale [--device cuda]
@@ -6,6 +6,11 @@
 Default: trains one epoch of ``lenet_mnist`` on mnist5k (SGD, batch 64), then times the winner
 and the all-class Maximum Gain ``--repeats`` times each, all in this one run, and prints the
 median times and their ratio to the epoch. Targets: < 0.5 % (winner) and < 2 % (all classes).
+Then the stopping signals (``gainsearch.core.signals``), each against the same epoch: prediction
+changes (epochs with and without recording the training passes' predictions, alternated,
+``--epochs`` each, plus the end-of-epoch count), gradient disparity (5 batches of 64, median of
+``--repeats // 5``) and the gain's variability and trend (of a 30-epoch curve). Target: each
+default signal below 2 % of an epoch (gradient disparity is not a default).
 
 ``--scale``: the all-class gain of networks people train at scale, on random weights and inputs,
 against one epoch of the matching data set size, estimated from timed training steps (SGD, one
@@ -160,6 +165,48 @@ def main() -> None:
         return statistics.median(times)
 
     winner, every = time_gain("winner"), time_gain("all")
+
+    # the stopping signals
+    import numpy as np
+
+    from gainsearch.batteries.train import _disparity
+    from gainsearch.core.signals import gain_trend, gain_variability, prediction_changes
+
+    predictions = torch.full((len(x),), -1, dtype=torch.long, device=device)
+    with_preds, without = [], []
+    for _ in range(args.epochs):
+        for record, times in ((True, with_preds), (False, without)):
+            sync()
+            start = time.perf_counter()
+            _train_epoch(
+                model,
+                optimizer,
+                x,
+                y,
+                config,
+                generator,
+                predictions=predictions if record else None,
+            )
+            if record:
+                now = predictions.cpu().numpy().copy()
+                prediction_changes(now, now)
+            sync()
+            times.append(time.perf_counter() - start)
+    changes_s = statistics.median(with_preds) - statistics.median(without)
+    disparity_times = []
+    for i in range(max(1, args.repeats // 5)):
+        sync()
+        start = time.perf_counter()
+        _disparity(model, x, y, config, i)
+        sync()
+        disparity_times.append(time.perf_counter() - start)
+    disparity_s = statistics.median(disparity_times)
+    curve = np.cumsum(np.random.default_rng(0).normal(size=30))
+    start = time.perf_counter()
+    for _ in range(100):
+        gain_variability(curve)
+        gain_trend(curve)
+    curve_s = (time.perf_counter() - start) / 100
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
     print(f"training epoch (lenet_mnist, {len(x)} images, batch 64): {epoch * 1e3:.1f} ms")
     print(
@@ -169,6 +216,19 @@ def main() -> None:
     print(
         f"gain, all classes:   {every * 1e3:.3f} ms = {100 * every / epoch:.3f} % of an epoch "
         "(target < 2 %)"
+    )
+    print(
+        f"prediction_changes:  {changes_s * 1e3:+.3f} ms = {100 * changes_s / epoch:+.3f} % of an "
+        f"epoch (median epoch with {statistics.median(with_preds) * 1e3:.1f} ms, without "
+        f"{statistics.median(without) * 1e3:.1f} ms; target < 2 %)"
+    )
+    print(
+        f"gradient_disparity:  {disparity_s * 1e3:.3f} ms = {100 * disparity_s / epoch:.3f} % "
+        "of an epoch (5 batches of 64; not a default signal)"
+    )
+    print(
+        f"gain_variability + gain_trend: {curve_s * 1e3:.3f} ms = {100 * curve_s / epoch:.4f} % of "
+        "an epoch (target < 2 %)"
     )
 
 

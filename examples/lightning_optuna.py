@@ -10,6 +10,11 @@ is non-finite) to Optuna, with the gain curve, features and diagnosis in the tri
 attributes; ``GainPruner`` decides, and ``check_pruned()`` raises ``TrialPruned`` with the
 reason. All of scikit-learn's digits train every trial (no validation split); the study is kept
 in SQLite, so running the script again adds trials to it.
+
+Each fit also stops on its own when the training passes' prediction changes (Label Wave) have not
+fallen for ``--patience`` epochs: Lightning's ``EarlyStopping`` on the signal ``GainCallback``
+logs, without a validation loop. The training step returns its logits and the batch's indices
+(``Indexed`` adds them to the data set) for that.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from gainsearch import load_dataset
+from gainsearch.core.signals import Indexed
 from gainsearch.integrations.lightning import GainCallback
 from gainsearch.integrations.optuna import GainPruner
 
@@ -48,11 +54,14 @@ class DigitsNet(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
-        x, y = batch
-        loss = nn.functional.cross_entropy(self(x), y)
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], _: int
+    ) -> dict[str, torch.Tensor]:
+        idx, x, y = batch  # Indexed data: the examples' indices first
+        logits = self(x)
+        loss = nn.functional.cross_entropy(logits, y)
         self.log("train_loss", loss, on_epoch=True, on_step=False)
-        return loss
+        return {"loss": loss, "logits": logits, "indices": idx}  # for prediction changes
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
@@ -62,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--patience", type=int, default=3, help="epochs without fewer changes")
     parser.add_argument("--storage", default="sqlite:///runs/lightning_optuna/study.db")
     args = parser.parse_args()
     if args.storage.startswith("sqlite:///"):
@@ -70,15 +80,18 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     data = load_dataset("digits")  # the train split; its test split is not used here
-    train = TensorDataset(data.x_train, data.y_train)
+    train = Indexed(TensorDataset(data.x_train, data.y_train))
 
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
         torch.manual_seed(trial.number)
-        callback = GainCallback(trial=trial)
+        callback = GainCallback(trial=trial, signals=["prediction_changes"])
+        stop = pl.callbacks.EarlyStopping(
+            monitor="prediction_changes", mode="min", patience=args.patience
+        )
         trainer = pl.Trainer(
             max_epochs=args.epochs,
-            callbacks=[callback],
+            callbacks=[callback, stop],  # GainCallback first: it logs what EarlyStopping reads
             limit_val_batches=0,  # no validation loop
             logger=False,
             enable_checkpointing=False,

@@ -193,6 +193,11 @@ def _add_report(sub: Any) -> None:
     report.add_argument(
         "--out", type=Path, help="where to write (default: the run directory, or ./report)"
     )
+    report.add_argument(
+        "--signal",
+        help="a stopping signal to plot per epoch beside the curves, e.g. prediction_changes "
+        "(default: the run's select_by, when it is not last)",
+    )
     report.set_defaults(handler=_cmd_report)
 
 
@@ -514,7 +519,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except ImportError as err:  # matplotlib missing
         raise CliError(f"report needs matplotlib: `pip install gainsearch[plot]` ({err}).") from err
     run = load_run(args.run, args.study_name)
-    path = write_report(run, args.out)
+    try:
+        path = write_report(run, args.out, signal=args.signal)
+    except ValueError as err:
+        raise CliError(f"--signal: {err}") from err
     print(f"report:      {path}")
     print(f"figures:     {', '.join(sorted(p.name for p in path.parent.glob('*.png')))}")
     return 0
@@ -746,8 +754,9 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     result = diagnose(
         gains, epochs=epochs, config=config, diverged_epoch=loss_diverged, train_loss=losses
     )
+    kept = _kept_epoch(args.history)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps({**result.to_dict(), **kept}, indent=2))
         return 0
     feats = result.features
     print(f"epochs:            {feats.n_epochs}")
@@ -761,9 +770,30 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     print(f"diverged at epoch: {feats.diverged_epoch if feats.diverged_epoch is not None else '-'}")
     if losses:
         print(f"training loss:     {losses[-1]:.4g} (last epoch)")
+    if kept:
+        print(
+            f"selected epoch:    {kept['selected_epoch']} (select_by {kept['select_by']}"
+            + (f", {kept['status']}" if kept["status"] != "completed" else "")
+            + ")"
+        )
     print(f"diagnosis:         {result.label}")
     print(f"reason:            {result.reason}")
     return 0
+
+
+def _kept_epoch(path: Path) -> dict[str, Any]:
+    """``selected_epoch``, ``select_by`` and ``status`` of a ``history.json`` that has them."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("selected_epoch") is None:
+        return {}
+    return {
+        "selected_epoch": int(data["selected_epoch"]),
+        "select_by": (data.get("config") or {}).get("select_by", "last"),
+        "status": data.get("status", ""),
+    }
 
 
 # -- helpers ----------------------------------------------------------------------------------

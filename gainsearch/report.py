@@ -323,15 +323,30 @@ def _log_x(ax: Any) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def plot_curves(run: RunData) -> Figure:
-    """Gain curves (left) and training loss (right) of every trial, coloured by parameter."""
+def selecting_by(run: RunData) -> str | None:
+    """The stopping signal the run's trials keep their epoch by (``None``: ``select_by: last``)."""
+    names = {(r.config or {}).get("select_by", "last") for r in run.rows} - {"last"}
+    return sorted(names)[0] if names else None
+
+
+def plot_curves(run: RunData, signal: str | None = None) -> Figure:
+    """Gain curves (left) and training loss (right) of every trial, coloured by parameter, and a
+    third panel with a stopping signal per epoch (``signal``; default: the run's ``select_by``
+    when it is not ``last``). When the trials keep a selected epoch (``select_by`` a signal),
+    each curve marks it with a dot."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    fig, axes = _figure(11, 4.2, ncols=2)
-    ax_gain, ax_loss = axes[0]
+    signal = signal or selecting_by(run)
+    marks = selecting_by(run) is not None
+    if signal is not None and not any(signal in r.signals for r in run.rows):
+        known = sorted({k for r in run.rows for k in r.signals})
+        raise ValueError(f"signal {signal!r} is not recorded by this run's trials; known: {known}.")
+    fig, axes = _figure(16 if signal else 11, 4.2, ncols=3 if signal else 2)
+    ax_gain, ax_loss = axes[0][:2]
+    ax_signal = axes[0][2] if signal else None
     cmap, norm, label = _color_scale(run)
     kinds_seen: set[str] = set()
     every = np.concatenate([_numbers(r.gain_curve) for r in run.rows] or [np.zeros(0)])
@@ -346,6 +361,15 @@ def plot_curves(run: RunData) -> Figure:
             ax_gain.plot(epochs, gains, color=color, lw=1.3, alpha=0.9)
         if losses.size:
             ax_loss.plot(np.arange(1, losses.size + 1), losses, color=color, lw=1.3, alpha=0.9)
+        values = _numbers(row.signals.get(signal)) if signal else np.zeros(0)
+        if ax_signal is not None and values.size:
+            ax_signal.plot(np.arange(1, values.size + 1), values, color=color, lw=1.3, alpha=0.9)
+        kept = row.selected_epoch
+        if marks and kept is not None:  # the kept epoch, on every panel
+            dot = {"marker": "o", "color": color, "mec": "black", "mew": 0.6, "ms": 5, "ls": ""}
+            for ax, series in ((ax_gain, gains), (ax_loss, losses), (ax_signal, values)):
+                if ax is not None and 0 < kept <= series.size and math.isfinite(series[kept - 1]):
+                    ax.plot(kept, series[kept - 1], zorder=3, **dot)
         kind = _stop_kind(row)
         if kind:
             marker, _ = _STOP_MARKERS[kind]
@@ -366,6 +390,8 @@ def plot_curves(run: RunData) -> Figure:
             kinds_seen.add(kind)
     ax_gain.set(xlabel="epoch", ylabel="Maximum Gain (dB)", title="gain per epoch")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss per epoch")
+    if ax_signal is not None:
+        ax_signal.set(xlabel="epoch", ylabel=signal, title=f"{signal} per epoch")
     if span:  # a trial that exploded (finite but huge) must not flatten every other curve
         ax_gain.set_ylim(*span)
     finite_losses = np.array(
@@ -376,9 +402,12 @@ def plot_curves(run: RunData) -> Figure:
         decades = _robust_range(np.log10(finite_losses), min_fence=3.0)  # in decades
         if decades:
             ax_loss.set_ylim(10 ** decades[0], 10 ** decades[1])
-    for ax in (ax_gain, ax_loss):
+    for ax in (ax_gain, ax_loss, *([ax_signal] if ax_signal is not None else [])):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
+    if marks:
+        kept_handle = Line2D([], [], ls="", marker="o", mfc="white", mec="black", ms=5)
+        ax_loss.legend([kept_handle], ["kept epoch"], loc="best", fontsize=8)
     if kinds_seen:
         handles = [
             Line2D([], [], ls="", marker=_STOP_MARKERS[k][0], mfc="white", mec="black", ms=8)
@@ -387,7 +416,7 @@ def plot_curves(run: RunData) -> Figure:
         ]
         labels = [_STOP_MARKERS[k][1] for k in _STOP_MARKERS if k in kinds_seen]
         ax_gain.legend(handles, labels, loc="best", fontsize=8, title="stopped", title_fontsize=8)
-    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(), label=label)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[0]), label=label)
     if isinstance(norm, LogNorm):  # 0.01, 0.02, 0.05, not 10^-2 and crowded minor labels
         bar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
@@ -412,14 +441,15 @@ def _robust_range(values: np.ndarray, min_fence: float = 50.0) -> tuple[float, f
 
 def plot_per_epoch(run: RunData, key: str, ylabel: str) -> Figure:
     """Any per-epoch list of the rows (e.g. ``test_acc_curve`` from
-    :meth:`RunData.from_results` with ``eval_test``) against epoch, coloured as in
-    :func:`plot_curves`, one legend entry per trial."""
+    :meth:`RunData.from_results` with ``eval_test``, or a stopping signal's name such as
+    ``"prediction_changes"``) against epoch, coloured as in :func:`plot_curves`, one legend
+    entry per trial."""
     fig, axes = _figure(6, 4)
     ax = axes[0, 0]
     cmap, norm, _ = _color_scale(run)
     param = run.color_param or "trial"
     for row in sorted(run.rows, key=lambda r: _color_value(run, r)):
-        values = _numbers(getattr(row, key))
+        values = _numbers(row.signals[key] if key in row.signals else getattr(row, key))
         if values.size:
             value = _color_value(run, row)
             color = cmap(norm(value)) if math.isfinite(value) else "grey"
@@ -573,10 +603,13 @@ def plot_diagnosis(run: RunData) -> Figure:
 # the report
 
 
-def write_report(run: RunData | str | Path, out_dir: str | Path | None = None) -> Path:
+def write_report(
+    run: RunData | str | Path, out_dir: str | Path | None = None, *, signal: str | None = None
+) -> Path:
     """Write ``curves.png``, ``features.png``, ``diagnosis.png``, ``spectrum.png`` (when the best
     trial has a stored spectrum) and ``report.html`` into ``out_dir`` (default: the run's own
-    directory, or ``./report`` for a storage URL). Returns the path of ``report.html``."""
+    directory, or ``./report`` for a storage URL). Returns the path of ``report.html``.
+    ``signal``: a stopping signal shown beside the curves (default: the run's ``select_by``)."""
     if not isinstance(run, RunData):
         run = load_run(run)
     if out_dir is None:
@@ -586,7 +619,7 @@ def write_report(run: RunData | str | Path, out_dir: str | Path | None = None) -
     out.mkdir(parents=True, exist_ok=True)
     images: dict[str, bytes] = {}
     if run.rows:
-        images["curves"] = _png(plot_curves(run))
+        images["curves"] = _png(plot_curves(run, signal))
         images["features"] = _png(plot_features(run))
         images["diagnosis"] = _png(plot_diagnosis(run))
     best = run.best_row

@@ -194,6 +194,11 @@ def test_cli_train_stops_by_patience_and_names_the_kept_epoch(
     assert "status:    early_stopped (patience: prediction_changes" in printed
     assert history["history"][-1]["epoch"] == kept + 2 < 30
     assert "disparity" in printed and "changes" in printed
+    assert main(["diagnose", str(out / "history.json")]) == 0
+    printed = capsys.readouterr().out
+    assert f"selected epoch:    {kept} (select_by prediction_changes, early_stopped)" in printed
+    assert main(["diagnose", str(out / "history.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["selected_epoch"] == kept
 
 
 def test_a_spec_with_select_by_reports_the_kept_checkpoints_score_on_both_back_ends(
@@ -242,6 +247,18 @@ def test_a_spec_with_select_by_reports_the_kept_checkpoints_score_on_both_back_e
             assert t.value == t.intermediate_values[t.user_attrs["selected_epoch"]]
     header = (tmp_path / "ray" / "trials.csv").read_text().splitlines()[0].split(",")
     assert {"selected_epoch", "stop_reason"} <= set(header)
+    # the report marks each trial's kept epoch and plots the signal it was chosen by
+    from gainsearch.report import load_run, plot_curves
+
+    run = load_run(str(tmp_path / "optuna"))
+    fig = plot_curves(run)
+    gain_ax, loss_ax, signal_ax = fig.axes[:3]
+    assert signal_ax.get_ylabel() == "prediction_changes"
+    for ax in (gain_ax, loss_ax, signal_ax):
+        dots = sorted(int(line.get_xdata()[0]) for line in ax.lines if line.get_marker() == "o")
+        assert dots == sorted(r.selected_epoch for r in run.rows)
+    with pytest.raises(ValueError, match=r"signal 'gradient_disparity' is not recorded"):
+        plot_curves(run, "gradient_disparity")
     for row in ray_run.rows:  # Tune kept the selected epoch's checkpoint, and the latest
         kept = sorted((tmp_path / "ray").glob(f"ray_results/kept/*{row.trial_id}*/checkpoint_*"))
         epochs = [int(load_checkpoint(k / "checkpoint.pt")["epoch"]) for k in kept]
