@@ -263,3 +263,21 @@ def test_a_spec_with_select_by_reports_the_kept_checkpoints_score_on_both_back_e
         kept = sorted((tmp_path / "ray").glob(f"ray_results/kept/*{row.trial_id}*/checkpoint_*"))
         epochs = [int(load_checkpoint(k / "checkpoint.pt")["epoch"]) for k in kept]
         assert epochs == [row.selected_epoch, row.epochs]
+
+
+def test_spec_keys_are_the_trainers_and_not_searchable() -> None:
+    from gainsearch.search.spaces import SpecError, parse_spec
+
+    base = {"name": "s", "search": {"lr": {"type": "float", "low": 0.01, "high": 0.1}}}
+    spec = parse_spec({**base, "train": {"select_by": "gain_trend", "patience": 3}})
+    assert spec.train_config({"lr": 0.05}).patience == 3
+    with pytest.raises(SpecError, match=r"train: select_by must be one of 'last'"):
+        parse_spec({**base, "train": {"select_by": "val_loss"}})
+    with pytest.raises(SpecError, match=r"search.patience: 'patience' cannot be searched"):
+        parse_spec(
+            {
+                **base,
+                "train": {"select_by": "gain_trend"},
+                "search": {"patience": {"type": "int", "low": 2, "high": 5}},
+            }
+        )

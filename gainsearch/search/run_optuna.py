@@ -8,8 +8,10 @@ Each trial keeps in its user attributes: ``gain_curve`` (dB per epoch), ``featur
 :func:`gainsearch.core.evaluation.evaluate`), ``train_loss`` per epoch, ``prune_rule`` and
 ``prune_reason`` when pruned, ``config`` (the resolved training configuration), ``worker``
 (``host:pid`` of the process that ran it) and, with
-``eval_test``, ``test_acc`` and ``test_loss`` per epoch. Nothing that decides reads the test
-metrics.
+``eval_test``, ``test_acc`` and ``test_loss`` per epoch; ``signals`` (each recorded stopping
+signal per epoch), ``selected_epoch`` (the kept epoch) and ``stop_reason`` (patience ran out).
+The trial's value is the trial score at its kept epoch (the last epoch with ``select_by:
+last``). Nothing that decides reads the test metrics.
 """
 
 from __future__ import annotations
