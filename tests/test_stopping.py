@@ -218,7 +218,7 @@ def test_a_spec_with_select_by_reports_the_kept_checkpoints_score_on_both_back_e
         {
             "name": "kept",
             "train": {
-                **FAST,
+                **{k: v for k, v in FAST.items() if k != "lr"},
                 "epochs": 25,
                 "select_by": "prediction_changes",
                 "patience": 2,
