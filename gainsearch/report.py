@@ -117,7 +117,7 @@ class RunData:
             diag = evaluate(curves[i], train_loss=losses, peers=peers).diagnosis
             config = r.config.to_dict()
             test = [h["test_acc"] for h in r.history if "test_acc" in h]
-            done = r.status == "completed"
+            done = r.status in ("completed", "early_stopped")  # patience: it completed
             rows.append(
                 TrialRow(
                     number=i,
@@ -131,7 +131,11 @@ class RunData:
                     diagnosis=diag.label,
                     diagnosis_reason=diag.reason,
                     prune_rule="" if done else (DIVERGED if r.status == DIVERGED else "pruner"),
-                    prune_reason=r.reason,
+                    prune_reason="" if done else r.reason,
+                    stop_reason=r.reason if done else "",
+                    config=config,
+                    selected_epoch=r.selected_epoch,
+                    signals={name: [h.get(name) for h in r.history] for name in r.config.signals},
                 )
             )
         spans = {

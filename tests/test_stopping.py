@@ -281,3 +281,27 @@ def test_spec_keys_are_the_trainers_and_not_searchable() -> None:
                 "search": {"patience": {"type": "int", "low": 2, "high": 5}},
             }
         )
+
+
+def test_the_curves_figure_marks_kept_epochs_only_when_a_signal_selects(
+    digits: TensorData,
+) -> None:
+    from gainsearch.report import RunData, plot_curves
+
+    def dots(fig: object) -> list[list[int]]:
+        return [
+            sorted(int(line.get_xdata()[0]) for line in ax.lines if line.get_marker() == "o")
+            for ax in fig.axes[:-1]  # type: ignore[attr-defined]
+        ]
+
+    plain = [train_trial({**FAST, "epochs": 4, "lr": lr}, data=digits) for lr in (0.02, 0.05)]
+    fig = plot_curves(RunData.from_results(plain))
+    assert len(fig.axes) == 3 and dots(fig) == [[], []]  # select_by last: as before
+    config = {**FAST, "epochs": 30, "select_by": "prediction_changes", "patience": 2}
+    kept = [train_trial({**config, "lr": lr}, data=digits) for lr in (0.02, 0.05)]
+    run = RunData.from_results(kept)
+    assert [r.state for r in run.rows] == ["complete", "complete"]
+    assert all(r.stop_reason.startswith("patience:") for r in run.rows)
+    fig = plot_curves(run)
+    assert len(fig.axes) == 4 and fig.axes[2].get_ylabel() == "prediction_changes"
+    assert dots(fig) == [sorted(r.selected_epoch for r in kept)] * 3
