@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -228,10 +229,8 @@ def test_a_spec_with_select_by_reports_the_kept_checkpoints_score_on_both_back_e
             "sampler": {"type": "random", "seed": 0},
         }
     )
-    optuna_run = run_study(spec, out_dir=tmp_path / "optuna", n_trials=2, heartbeat=None)
-    ray_run = run_tuner(spec, out_dir=tmp_path / "ray", n_trials=2, max_concurrent=1)
-    assert not ray.is_initialized()
-    for outcome in (optuna_run, ray_run):
+
+    def check(outcome: Any) -> None:
         for row in outcome.rows:
             assert row.state == "complete" and row.epochs < 25
             assert row.selected_epoch == row.epochs - 2
@@ -239,6 +238,12 @@ def test_a_spec_with_select_by_reports_the_kept_checkpoints_score_on_both_back_e
             assert row.stop_reason.startswith("patience: prediction_changes has not improved")
             assert len(row.signals["prediction_changes"]) == row.epochs
         assert outcome.best["best"]["selected_epoch"] in {r.selected_epoch for r in outcome.rows}
+
+    optuna_run = run_study(spec, out_dir=tmp_path / "optuna", n_trials=2, heartbeat=None)
+    check(optuna_run)
+    ray_run = run_tuner(spec, out_dir=tmp_path / "ray", n_trials=2, max_concurrent=1)
+    assert not ray.is_initialized()
+    check(ray_run)
     for folder in ("optuna", "ray"):
         study = optuna.load_study(
             study_name="kept", storage=f"sqlite:///{tmp_path / folder}/study.db"
