@@ -366,6 +366,84 @@ def train(names: Sequence[str], out: Path, *, data_root: str, workers: int) -> N
                 )
 
 
+# --------------------------------------------------------------------------------------------
+# the control: today's 12 set-ups, merged runs again, now with the prediction changes
+
+CONTROL_SIGNALS = ["prediction_changes", "gain_variability", "gain_trend"]
+
+
+def control_run(task: dict[str, Any]) -> dict[str, Any]:
+    """One merged run of a ``benchmarks/suite.py`` set-up, recording the free signals (the same
+    training as the suite's cached run: the signals leave it bit-identical)."""
+    import suite
+    import torch
+
+    from gainsearch.batteries.train import TrainConfig, train_trial
+
+    torch.set_num_threads(1)
+    setup = suite.SETUPS[task["setup"]]
+    root = task["data_root"] if setup.train["dataset"] == "mnist" else None
+    data = suite._data(setup.train["dataset"], root, setup.label_noise)
+    settings = {**setup.train, **task["point"], "seed": task["seed"], "data_root": root}
+    config = TrainConfig.from_dict(
+        {**settings, "gain_target": "all", "eval_test": True, "signals": CONTROL_SIGNALS}
+    )
+    started = time.perf_counter()
+    result = train_trial(config, data=data)
+    keys = ("epoch", "train_loss", "gain", *CONTROL_SIGNALS, "test_acc")
+    return {
+        **task,
+        "status": result.status,
+        "seconds": time.perf_counter() - started,
+        "history": [{k: rec[k] for k in keys} for rec in result.history],
+    }
+
+
+def train_controls(names: Sequence[str], out: Path, *, data_root: str, workers: int) -> None:
+    import suite
+
+    folder = out / "controls"
+    folder.mkdir(parents=True, exist_ok=True)
+    cached = {}
+    for name in names:
+        path = folder / f"{name}.json"
+        cached[name] = {
+            run_key(r): r for r in (json.loads(path.read_text())["runs"] if path.exists() else [])
+        }
+    todo = [
+        {"setup": name, "protocol": "control", "point": point, "seed": seed, "data_root": data_root}
+        for name in names
+        for seed in suite.SETUPS[name].seeds
+        for point in suite.SETUPS[name].grid
+    ]
+    todo = [t for t in todo if run_key(t) not in cached[t["setup"]]]
+    print(f"controls: {len(todo)} to train", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(
+                ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+            )
+            results = pool.map(control_run, todo)
+        else:
+            results = map(control_run, todo)
+        for i, run in enumerate(results, 1):
+            run.pop("data_root", None)
+            name = run["setup"]
+            cached[name][run_key(run)] = run
+            path = folder / f"{name}.json"
+            tmp = path.with_suffix(".json.tmp")
+            body = {"setup": name, "runs": sorted(cached[name].values(), key=run_key)}
+            tmp.write_text(json.dumps(body, indent=1, allow_nan=True))
+            os.replace(tmp, path)
+            print(
+                f"[{i}/{len(todo)} {time.perf_counter() - started:.0f}s] control {name} "
+                f"{run['point']} seed={run['seed']}: {run['status']} ({run['seconds']:.0f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", action="store_true", help="train the runs not yet cached")
@@ -374,6 +452,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help=f"cache folder ({DEFAULT_OUT})")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--data-root", default=str(DEFAULT_MNIST), help="mnist5k folder")
+    parser.add_argument(
+        "--controls",
+        nargs="*",
+        metavar="SETUP",
+        help="train the merged runs of these benchmarks/suite.py set-ups again with the "
+        "prediction changes (none named: all 12), cached under OUT/controls",
+    )
     args = parser.parse_args(argv)
     out = args.out
     if args.quick:
@@ -386,6 +471,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         args.setups, args.train, args.workers = ["m01", "m02"], True, 1
     out = out or DEFAULT_OUT
+    if args.controls is not None:
+        import suite
+
+        names = args.controls or sorted(suite.SETUPS)
+        train_controls(names, out, data_root=args.data_root, workers=args.workers)
+        return
     if args.train:
         train(args.setups, out, data_root=args.data_root, workers=args.workers)
     import memorisation_analysis

@@ -182,6 +182,60 @@ def _mean_regret(results: dict, cand: Candidate, names: Sequence[str]) -> float:
     return float(np.mean(values)) if values else math.inf
 
 
+SUITE = Path(__file__).resolve().parent / "results" / "suite"
+
+
+def control_runs(
+    suite: Path = SUITE, retrained: Path | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Today's 12 set-ups: their merged runs as ``memorisation.py --controls`` trained them
+    again (with the prediction changes) where it has, else ``benchmarks/suite.py``'s cache, with
+    the gain's signals computed from the recorded gain curves."""
+    from gainsearch.core.signals import gain_trend, gain_variability
+
+    found = {}
+    for path in sorted(suite.glob("s[0-9]*.json")):
+        again = (retrained or memorisation.DEFAULT_OUT / "controls") / path.name
+        if again.exists():
+            runs = list(json.loads(again.read_text())["runs"])
+            if len(runs) == len(json.loads(path.read_text())["runs"]) // 2:  # all merged runs
+                found[path.stem] = runs
+                continue
+        runs = [r for r in json.loads(path.read_text())["runs"] if r["protocol"] == "merged"]
+        for r in runs:
+            gains = [row["gain"] if row["gain"] is not None else math.nan for row in r["history"]]
+            for row, v, t in zip(
+                r["history"], gain_variability(gains), gain_trend(gains), strict=True
+            ):
+                row["gain_variability"], row["gain_trend"] = v, t
+        found[path.stem] = runs
+    return found
+
+
+def control_delta(runs: Sequence[dict[str, Any]], cand: Candidate) -> float | None:
+    """Test accuracy (points, mean over seeds) of ``cand``'s choice minus today's (last epoch,
+    final training loss) on one control set-up; ``None`` if its signal is not replayable."""
+    if cand.signal != "last" and any(cand.signal not in r["history"][0] for r in runs):
+        return None
+    deltas = []
+    for seed in sorted({r["seed"] for r in runs}):
+        mine = [r for r in runs if r["seed"] == seed and r["history"]]
+        accs = []
+        for c in (TODAY, cand):
+            picks = []
+            for r in mine:
+                kept, _, value = replay(r["history"], c)
+                if c.chooser == "signal" and c.signal != "last":
+                    rank = -value if math.isfinite(value) else -math.inf
+                else:
+                    rank = _score(r["history"], kept)
+                acc = r["history"][kept - 1]["test_acc"]
+                picks.append((rank, 0.0 if acc is None or acc != acc else float(acc)))
+            accs.append(max(picks, key=lambda p: p[0])[1])
+        deltas.append(100 * (accs[1] - accs[0]))
+    return float(np.mean(deltas))
+
+
 def print_all(out: Path, names: Sequence[str]) -> None:
     found = load(out, names)
     if not found:
@@ -219,6 +273,24 @@ def print_all(out: Path, names: Sequence[str]) -> None:
     print("\n## Each signal's rule (no constant fitted), report set-ups\n")
     fixed = [Candidate(s, 1, p, "score") for s in SIGNALS for p in (5, 10)]
     _print_rows(results, [TODAY, *fixed], report, found)
+
+    print("\n## Control: today's 12 set-ups (benchmarks/suite.py's cache)\n")
+    controls = control_runs()
+    rows = [TODAY, *fixed] if not (calib and fitted) else [chosen, *fixed]
+    print(
+        "test accuracy of the candidate's choice minus today's, points (target: never below "
+        "-0.3); gradient disparity is not recorded on the controls\n"
+    )
+    print("| candidate | " + " | ".join(controls) + " | worst |")
+    print("|---|" + "---|" * (len(controls) + 1))
+    for c in dict.fromkeys(rows):
+        deltas = [control_delta(runs, c) for runs in controls.values()]
+        if any(d is None for d in deltas):
+            print(f"| {c.label} | " + " | ".join("-" for _ in deltas) + " | not recorded |")
+            continue
+        print(
+            f"| {c.label} | " + " | ".join(f"{d:+.1f}" for d in deltas) + f" | {min(deltas):+.1f} |"
+        )
 
     print("\n## Leave one set-up out (chosen on the other memorisation set-ups)\n")
     print("| held out | chosen | regret | epochs trained |")

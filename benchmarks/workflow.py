@@ -10,13 +10,15 @@ trial budget (``--trials``, TPE, learning rate log-uniform in [1e-3, 1]):
 
 * **(a) gainsearch, chosen defaults**: all the (noisy, small) training data, the built-in
   objective (:class:`gainsearch.search.run_optuna.GainObjective`, the one ``gainsearch search``
-  runs) with ``GainPruner`` and the ``train:`` settings of ``--select-by``/``--patience``; the
-  answer is the best trial's kept checkpoint (trained on all data already);
+  runs) with ``GainPruner``; the answer is the best trial's kept checkpoint (trained on all data
+  already). While the memorisation suite keeps today's defaults, (a) is (c);
 * **(b) the validation workflow**: TPE + ``MedianPruner(n_startup_trials=3)`` on the validation
   loss of an 80/20 split (the same noisy labels), each trial's value its lowest validation loss;
   then the best configuration retrained on all data for the epoch of that lowest loss (with its
   budget);
-* **(c) gainsearch, today's defaults**: as (a) with ``select_by: last``.
+* **(c) gainsearch, today's defaults**: as (a) with ``select_by: last``;
+* **(d)** with ``--select-by``: as (a) with that stopping rule (``--select-window``,
+  ``--patience``).
 
 Printed: the final model's clean test accuracy (mean over seeds) and the total epochs trained
 (retraining included). The test set decides nothing. The cache is
@@ -166,9 +168,16 @@ def validation_arm(
     }
 
 
-def arms(select_by: str, patience: int | None) -> dict[str, dict[str, Any] | None]:
-    chosen = {"select_by": select_by, "patience": patience}
-    return {"a_chosen": chosen, "b_validation": None, "c_today": {"select_by": "last"}}
+def arms(select_by: str, patience: int | None, window: int) -> dict[str, dict[str, Any] | None]:
+    """The arms and their ``train:`` settings (``None``: the validation workflow). Arm (a) is
+    arm (c) while the defaults are today's; ``--select-by`` adds arm (d) with that rule."""
+    plan: dict[str, dict[str, Any] | None] = {
+        "c_today": {"select_by": "last"},
+        "b_validation": None,
+    }
+    if select_by != "last":
+        plan["d_stop"] = {"select_by": select_by, "patience": patience, "select_window": window}
+    return plan
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -178,8 +187,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help=f"cache ({DEFAULT_OUT})")
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--select-by", default="last", help="arm (a)'s select_by (the default)")
-    parser.add_argument("--patience", type=int, default=None, help="arm (a)'s patience")
+    parser.add_argument("--select-by", default="last", help="arm (d): this select_by")
+    parser.add_argument("--patience", type=int, default=None, help="arm (d): its patience")
+    parser.add_argument("--select-window", type=int, default=1, help="arm (d): its window")
     parser.add_argument("--data-root", default=str(memorisation.DEFAULT_MNIST))
     args = parser.parse_args(argv)
     import optuna
@@ -196,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.trials, args.seeds, setups, args.train = 3, [0], ["clean"], True
     out = out or DEFAULT_OUT
     cache: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
-    plan = arms(args.select_by, args.patience)
+    plan = arms(args.select_by, args.patience, args.select_window)
     if args.train:
         for name in setups:
             for seed in args.seeds:
@@ -217,15 +227,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                     tmp.write_text(json.dumps(cache, indent=1))
                     os.replace(tmp, out)
                     print(f"{name} seed {seed} {arm}: {result}", file=sys.stderr, flush=True)
+    rule = ""
+    if "d_stop" in plan:
+        rule = f"; (d): {plan['d_stop']}"
     print(
-        f"arm (a): select_by {args.select_by}, patience {args.patience}; {args.trials} trials "
-        f"per search; seeds {args.seeds}\n"
+        f"(a) = (c): the defaults are today's; {args.trials} trials a search, "
+        f"seeds {args.seeds}{rule}\n"
     )
-    print(
-        "| set-up | (a) gainsearch, chosen | (b) validation split + retrain "
-        "| (c) gainsearch, today |"
-    )
-    print("|---|---|---|---|")
+    titles = {
+        "c_today": "(a) = (c) gainsearch, defaults",
+        "b_validation": "(b) validation split + retrain",
+        "d_stop": "(d) gainsearch, stopping rule",
+    }
+    print("| set-up | " + " | ".join(titles[a] for a in plan) + " |")
+    print("|---|" + "---|" * len(plan))
     for name in setups:
         cells = []
         for arm, train in plan.items():
