@@ -21,6 +21,7 @@ a test metric.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -296,14 +297,18 @@ def print_all(out: Path, names: Sequence[str]) -> None:
             f"chosen on calibration: {chosen.label} "
             f"(calibration mean regret {_mean_regret(results, chosen, calib):+.2f})\n"
         )
-        _print_rows(results, [TODAY, chosen], report, found)
+        # the same stopping rule as a search applies it: configurations by the trial score
+        searched = dataclasses.replace(chosen, chooser="score")
+        _print_rows(results, [TODAY, chosen, searched], report, found)
     print("\n## Each signal's rule (no constant fitted), report set-ups\n")
     fixed = [Candidate(s, 1, p, "score") for s in SIGNALS for p in (5, 10)]
     _print_rows(results, [TODAY, *fixed], report, found)
 
     print("\n## Control: today's 12 set-ups (benchmarks/suite.py's cache)\n")
     controls = control_runs()
-    rows = [TODAY, *fixed] if not (calib and fitted) else [chosen, *fixed]
+    rows = [TODAY, *fixed]
+    if calib and fitted:
+        rows = [chosen, dataclasses.replace(chosen, chooser="score"), *fixed]
     print(
         "test accuracy of the candidate's choice minus today's, points (target: never below "
         "-0.3); gradient disparity is not recorded on the controls\n"
