@@ -33,7 +33,6 @@ finished run, so a run once trained is never trained again.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import json
@@ -41,9 +40,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import selection  # its stratified 80/20 split
+import suite  # its pool of training processes
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST = ROOT.parent / "shared" / "data" / "mnist5k"
@@ -344,26 +342,9 @@ def train(names: Sequence[str], out: Path, *, data_root: str, workers: int) -> N
             )
             todo += [t for t in wanted if run_key(t) not in cached[name]]
         print(f"{phase}: {len(todo)} to train", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        with contextlib.ExitStack() as stack:
-            if workers > 1:
-                pool = stack.enter_context(
-                    ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-                )
-                results = pool.map(train_run, todo)
-            else:
-                results = map(train_run, todo)
-            for i, run in enumerate(results, 1):
-                run.pop("data_root", None)
-                cached[run["setup"]][run_key(run)] = run
-                save_cache(out, SETUPS[run["setup"]], list(cached[run["setup"]].values()))
-                print(
-                    f"[{i}/{len(todo)} {time.perf_counter() - started:.0f}s] {run['setup']} "
-                    f"{run['protocol']} {run['point']} seed={run['seed']}: {run['status']} "
-                    f"({run['seconds']:.0f}s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        for run in suite.run_tasks(train_run, todo, workers):
+            cached[run["setup"]][run_key(run)] = run
+            save_cache(out, SETUPS[run["setup"]], list(cached[run["setup"]].values()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,7 +356,6 @@ CONTROL_SIGNALS = ["prediction_changes", "gain_variability", "gain_trend"]
 def control_run(task: dict[str, Any]) -> dict[str, Any]:
     """One merged run of a ``benchmarks/suite.py`` set-up, recording the free signals (the same
     training as the suite's cached run: the signals leave it bit-identical)."""
-    import suite
     import torch
 
     from gainsearch.batteries.train import TrainConfig, train_trial
@@ -400,8 +380,6 @@ def control_run(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_controls(names: Sequence[str], out: Path, *, data_root: str, workers: int) -> None:
-    import suite
-
     folder = out / "controls"
     folder.mkdir(parents=True, exist_ok=True)
     cached = {}
@@ -418,30 +396,14 @@ def train_controls(names: Sequence[str], out: Path, *, data_root: str, workers: 
     ]
     todo = [t for t in todo if run_key(t) not in cached[t["setup"]]]
     print(f"controls: {len(todo)} to train", file=sys.stderr, flush=True)
-    started = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        if workers > 1:
-            pool = stack.enter_context(
-                ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-            )
-            results = pool.map(control_run, todo)
-        else:
-            results = map(control_run, todo)
-        for i, run in enumerate(results, 1):
-            run.pop("data_root", None)
-            name = run["setup"]
-            cached[name][run_key(run)] = run
-            path = folder / f"{name}.json"
-            tmp = path.with_suffix(".json.tmp")
-            body = {"setup": name, "runs": sorted(cached[name].values(), key=run_key)}
-            tmp.write_text(json.dumps(body, indent=1, allow_nan=True))
-            os.replace(tmp, path)
-            print(
-                f"[{i}/{len(todo)} {time.perf_counter() - started:.0f}s] control {name} "
-                f"{run['point']} seed={run['seed']}: {run['status']} ({run['seconds']:.0f}s)",
-                file=sys.stderr,
-                flush=True,
-            )
+    for run in suite.run_tasks(control_run, todo, workers):
+        name = run["setup"]
+        cached[name][run_key(run)] = run
+        path = folder / f"{name}.json"
+        tmp = path.with_suffix(".json.tmp")
+        body = {"setup": name, "runs": sorted(cached[name].values(), key=run_key)}
+        tmp.write_text(json.dumps(body, indent=1, allow_nan=True))
+        os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -472,8 +434,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.setups, args.train, args.workers = ["m01", "m02"], True, 1
     out = out or DEFAULT_OUT
     if args.controls is not None:
-        import suite
-
         names = args.controls or sorted(suite.SETUPS)
         train_controls(names, out, data_root=args.data_root, workers=args.workers)
         return

@@ -92,6 +92,14 @@ def replay(history: Sequence[dict[str, Any]], cand: Candidate) -> tuple[int, int
     return sel.epoch, max(values), sel.value
 
 
+def _rank(history: Sequence[dict[str, Any]], cand: Candidate, kept: int, value: float) -> float:
+    """How a candidate ranks a configuration (higher is chosen): by the signal's smoothed value
+    at the kept epoch (lower is better), or by the trial score there."""
+    if cand.chooser == "signal" and cand.signal != "last":
+        return -value if math.isfinite(value) else -math.inf
+    return _score(history, kept)
+
+
 def _score(history: Sequence[dict[str, Any]], epoch: int) -> float:
     loss = float(history[epoch - 1]["train_loss"])
     return -math.log10(max(loss, 1e-12)) if math.isfinite(loss) else -math.inf
@@ -113,10 +121,7 @@ def seed_outcome(
     for key, run in merged.items():
         h = run["history"]
         kept, trained, value = replay(h, cand)
-        if cand.chooser == "signal" and cand.signal != "last":
-            rank = -value if math.isfinite(value) else -math.inf
-        else:
-            rank = _score(h, kept)
+        rank = _rank(h, cand, kept, value)
         picks.append((rank, key, kept, trained, float(h[kept - 1]["test_acc"])))
     best = max(picks, key=lambda p: p[0])
     ours = best[4]
@@ -245,10 +250,7 @@ def control_delta(runs: Sequence[dict[str, Any]], cand: Candidate) -> float | No
             picks = []
             for r in mine:
                 kept, _, value = replay(r["history"], c)
-                if c.chooser == "signal" and c.signal != "last":
-                    rank = -value if math.isfinite(value) else -math.inf
-                else:
-                    rank = _score(r["history"], kept)
+                rank = _rank(r["history"], c, kept, value)
                 acc = r["history"][kept - 1]["test_acc"]
                 picks.append((rank, 0.0 if acc is None or acc != acc else float(acc)))
             accs.append(max(picks, key=lambda p: p[0])[1])

@@ -34,7 +34,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -354,19 +354,27 @@ def train(
         if run_key(t) not in cached[name] or stale(cached[name][run_key(t)])
     ]
     print(f"{len(todo)} runs to train ({sum(map(len, cached.values()))} cached)", file=sys.stderr)
+    for run in run_tasks(train_run, todo, workers):
+        cached[run["setup"]][run_key(run)] = run
+        save_cache(out, SETUPS[run["setup"]], list(cached[run["setup"]].values()))
+
+
+def run_tasks(fn: Any, todo: Sequence[dict[str, Any]], workers: int) -> Iterator[dict[str, Any]]:
+    """``fn`` over ``todo`` in a spawned pool of ``workers`` processes (in this process for 1),
+    yielding each finished run (without its ``data_root``) for the caller to cache, then printing
+    its progress line on stderr. Shared by this suite and ``memorisation.py``."""
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if workers > 1:
             pool = stack.enter_context(
                 ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
             )
-            results = pool.map(train_run, todo)
+            results = pool.map(fn, todo)
         else:
-            results = map(train_run, todo)
+            results = map(fn, todo)
         for i, run in enumerate(results, 1):
             run.pop("data_root", None)
-            cached[run["setup"]][run_key(run)] = run
-            save_cache(out, SETUPS[run["setup"]], list(cached[run["setup"]].values()))
+            yield run
             print(
                 f"[{i}/{len(todo)} {time.perf_counter() - started:.0f}s] {run['setup']} "
                 f"{run['protocol']} {run['point']} seed={run['seed']}: {run['status']} "
