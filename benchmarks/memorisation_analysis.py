@@ -92,15 +92,16 @@ def load(out: Path, names: Sequence[str]) -> dict[str, dict[str, Any]]:
     return found
 
 
-_REPLAYS: dict[tuple[int, Candidate], tuple[int, int, float]] = {}
+#: replays by (the history's id, candidate); each entry holds its history, so no id is reused
+_REPLAYS: dict[tuple[int, Candidate], tuple[Sequence[Any], tuple[int, int, float]]] = {}
 
 
 def replay(history: Sequence[dict[str, Any]], cand: Candidate) -> tuple[int, int, float]:
     """(kept epoch, epochs trained, the smoothed signal at the kept epoch) of one run."""
     key = (id(history), cand)
     if key not in _REPLAYS:
-        _REPLAYS[key] = _replay(history, cand)
-    return _REPLAYS[key]
+        _REPLAYS[key] = (history, _replay(history, cand))
+    return _REPLAYS[key][1]
 
 
 def _replay(history: Sequence[dict[str, Any]], cand: Candidate) -> tuple[int, int, float]:

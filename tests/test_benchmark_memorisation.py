@@ -46,3 +46,60 @@ def test_the_replayed_rule_is_the_trainers(digits: TensorData) -> None:
     kept, trained, _ = memorisation_analysis.replay(full.history, cand)
     assert (kept, trained) == (stopped.selected_epoch, len(stopped.history))
     assert trained < 20
+
+
+def _rows(**curves: list[float]) -> list[dict]:
+    n = len(next(iter(curves.values())))
+    return [{"epoch": e + 1, **{k: v[e] for k, v in curves.items()}} for e in range(n)]
+
+
+def test_a_pair_of_signals_stops_at_the_first_or_at_both_and_keeps_that_epoch() -> None:
+    loss = [1.0 / (e + 1) for e in range(12)]
+    changes = [50, 40, 30, 20, 25, 26, 27, 28, 29, 30, 31, 32]  # lowest at 4
+    trend = [9, 8, 7, 6, 5, 4, 3, 4, 5, 6, 7, 8]  # lowest at 7
+    h = _rows(train_loss=loss, prediction_changes=changes, gain_trend=trend)
+    pair = "prediction_changes+gain_trend"
+    first = memorisation_analysis.Candidate(pair, 1, 2, "score", "first")
+    both = memorisation_analysis.Candidate(pair, 1, 2, "score", "both")
+    # first: the changes run out of patience at 6; the earlier kept epoch is theirs
+    assert memorisation_analysis.replay(h, first)[:2] == (4, 6)
+    # both: the trend runs out at 9; the later kept epoch is the trend's
+    assert memorisation_analysis.replay(h, both)[:2] == (7, 9)
+
+
+def test_configurations_are_chosen_by_score_by_signal_or_by_their_mean_rank() -> None:
+    # score ranks (training loss, lower is better) A > C > D > B; changes ranks B > C > D > A;
+    # mean ranks A 2.5, B 2.5, C 3, D 2
+    runs = [
+        _rows(train_loss=[0.01], prediction_changes=[40.0]),  # A
+        _rows(train_loss=[1.0], prediction_changes=[10.0]),  # B
+        _rows(train_loss=[0.1], prediction_changes=[20.0]),  # C
+        _rows(train_loss=[0.5], prediction_changes=[30.0]),  # D
+    ]
+    by = {
+        k: memorisation_analysis.choose(
+            runs, memorisation_analysis.Candidate("prediction_changes", 1, None, k)
+        )[0]
+        for k in ("score", "signal", "rank")
+    }
+    assert by == {"score": 0, "signal": 1, "rank": 2}
+    # a tie in the signal goes to the better trial score
+    tied = [runs[3], _rows(train_loss=[0.2], prediction_changes=[30.0])]
+    sig = memorisation_analysis.Candidate("prediction_changes", 1, None, "signal")
+    assert memorisation_analysis.choose(tied, sig)[0] == 1
+
+
+def test_the_calibration_rule_refuses_what_hurts_or_cannot_show_the_controls() -> None:
+    a = memorisation_analysis
+    good, hurts, unknown = (a.Candidate(s, 1, 5) for s in ("gain_trend", *a.SIGNALS[:2]))
+    results = {
+        (good, "m"): {"regret": 1.0},
+        (hurts, "m"): {"regret": 0.0},
+        (unknown, "m"): {"regret": -1.0},
+        (a.TODAY, "m"): {"regret": 5.0},
+    }
+    deltas = {(good, "s"): -0.3, (hurts, "s"): -0.31, (unknown, "s"): None, (a.TODAY, "s"): 0.0}
+    pool = [a.TODAY, good, hurts, unknown]
+    assert a.pick(results, deltas, ["m"], ["s"], pool) == good
+    assert a.pick(results, deltas, ["m"], [], pool) == unknown  # no control: the lowest regret
+    assert a.pick(results, {(a.TODAY, "s"): 0.0}, ["m"], ["s"], pool) == a.TODAY
