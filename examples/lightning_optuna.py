@@ -11,10 +11,13 @@ attributes; ``GainPruner`` decides, and ``check_pruned()`` raises ``TrialPruned`
 reason. All of scikit-learn's digits train every trial (no validation split); the study is kept
 in SQLite, so running the script again adds trials to it.
 
-Each fit also stops on its own when the training passes' prediction changes (Label Wave) have not
-fallen for ``--patience`` epochs: Lightning's ``EarlyStopping`` on the signal ``GainCallback``
-logs, without a validation loop. The training step returns its logits and the batch's indices
-(``Indexed`` adds them to the data set) for that.
+Each fit also stops on its own when the training passes' prediction changes (Label Wave),
+averaged over the last 3 epochs, have not fallen for ``--patience`` epochs: Lightning's
+``EarlyStopping`` on the signal ``GainCallback`` logs, without a validation loop. That is the
+built-in trainer's ``select_by: prediction_changes, select_window: 3, patience: 3``, the rule
+measured for symmetric label noise and small data (``docs/memorisation.md``), and the objective
+is the trial score at the epoch it keeps. The training step returns its logits and the batch's
+indices (``Indexed`` adds them to the data set) for that.
 """
 
 from __future__ import annotations
@@ -85,13 +88,22 @@ def main() -> None:
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
         torch.manual_seed(trial.number)
-        callback = GainCallback(trial=trial, signals=["prediction_changes"])
+        callback = GainCallback(trial=trial, signals=["prediction_changes"], select_window=3)
         stop = pl.callbacks.EarlyStopping(
             monitor="prediction_changes", mode="min", patience=args.patience
         )
+        seen: list[tuple[float, float]] = []  # (smoothed changes, trial score) per epoch
+        record = pl.callbacks.LambdaCallback(
+            on_train_epoch_end=lambda tr, _: seen.append(
+                (
+                    float(tr.callback_metrics["prediction_changes"]),
+                    float(tr.callback_metrics["trial_score"]),
+                )
+            )
+        )
         trainer = pl.Trainer(
             max_epochs=args.epochs,
-            callbacks=[callback, stop],  # GainCallback first: it logs what EarlyStopping reads
+            callbacks=[callback, record, stop],  # GainCallback first: it logs what they read
             limit_val_batches=0,  # no validation loop
             logger=False,
             enable_checkpointing=False,
@@ -102,7 +114,9 @@ def main() -> None:
         loader = DataLoader(train, batch_size=64, shuffle=True)
         trainer.fit(DigitsNet(lr), loader)
         callback.check_pruned()  # raises optuna.TrialPruned with the reason
-        return float(trainer.callback_metrics["trial_score"])
+        kept = min(range(len(seen)), key=lambda i: (seen[i][0], i))  # EarlyStopping's best
+        trial.set_user_attr("selected_epoch", kept + 1)
+        return seen[kept][1]  # the trial score at the kept epoch, as the built-in objective
 
     study = optuna.create_study(
         study_name="lightning_digits",
@@ -116,8 +130,10 @@ def main() -> None:
     for t in study.trials:
         reason = t.user_attrs.get("prune_reason", "")
         epochs = len(t.user_attrs.get("gain_curve", []))
+        kept = t.user_attrs.get("selected_epoch", "-")
         print(
             f"#{t.number:2d} lr={t.params['lr']:.2e} {t.state.name:8s} epochs={epochs} "
+            f"kept={kept} "
             f"{t.user_attrs.get('diagnosis', ''):12s} {reason}"
         )
     print(

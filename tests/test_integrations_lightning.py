@@ -159,6 +159,12 @@ def test_bad_arguments_are_clear_errors() -> None:
         GainCallback(every_n_epochs=0)
     with pytest.raises(ValueError, match=r"smoothing must be a non-negative number"):
         GainCallback(smoothing=-1.0)
+    with pytest.raises(
+        ValueError,
+        match=r"select_window must be a positive integer .* got "
+        r"select_window=0",
+    ):
+        GainCallback(select_window=0)
 
 
 def test_ddp_rank_zero_measures_and_every_rank_decides_alike(tmp_path: Path) -> None:
@@ -262,16 +268,19 @@ class IndexedTiny(Tiny):
         }
 
 
+@pytest.mark.parametrize("window", [1, 3])
 def test_lightning_early_stopping_and_checkpoint_work_on_prediction_changes(
-    digits: TensorData, tmp_path: Path
+    digits: TensorData, tmp_path: Path, window: int
 ) -> None:
-    from gainsearch.core.signals import Indexed
+    from gainsearch.core.signals import Indexed, moving_average
 
     data = Indexed(TensorDataset(digits.x_train[:512], digits.y_train[:512]))
     train = DataLoader(
         data, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
-    callback = GainCallback(signals=["prediction_changes", "gain_variability"])
+    callback = GainCallback(
+        signals=["prediction_changes", "gain_variability"], select_window=window
+    )
     stop = pl.callbacks.EarlyStopping(monitor="prediction_changes", mode="min", patience=2)
     keep = pl.callbacks.ModelCheckpoint(
         monitor="prediction_changes", mode="min", save_top_k=1, dirpath=tmp_path / "ckpt"
@@ -299,7 +308,8 @@ def test_lightning_early_stopping_and_checkpoint_work_on_prediction_changes(
     fit.fit(IndexedTiny(0.1), train)
     assert 0 < stop.stopped_epoch < 39  # stopped by Lightning's EarlyStopping, on our signal
     assert logged[0] == 512.0  # the first epoch: every example counts as changed
-    assert logged[1:] == direct and all(v >= 0 for v in logged)
+    smooth = moving_average([math.nan, *direct], window)  # the built-in rule's; logged in float32
+    assert logged[1:] == pytest.approx(list(smooth[1:]), rel=1e-6) and min(logged) >= 0
     best = min(range(len(logged)), key=lambda i: (logged[i], i))
     assert len(logged) - 1 - best == 2  # patience 2, counted from the best epoch
     assert float(keep.best_model_score) == logged[best]

@@ -52,7 +52,7 @@ from gainsearch.core.decision import DIVERGED, Decision
 from gainsearch.core.evaluation import evaluate
 from gainsearch.core.monitor import GainMonitor
 from gainsearch.core.objective import METRICS, TrialScoreConfig
-from gainsearch.core.signals import PredictionChanges, gain_trend, gain_variability
+from gainsearch.core.signals import PredictionChanges, gain_trend, gain_variability, moving_average
 from gainsearch.core.spectral import Target, _check_in_shape, _check_smoothing, _check_target
 
 try:
@@ -118,6 +118,10 @@ class GainCallback(pl.Callback):
         signals: Stopping signals to log, from :data:`SIGNALS` (default: the gain's two, which
             need nothing; ``"prediction_changes"`` needs the training step's logits and indices,
             see the module docstring).
+        select_window: Log each signal as its trailing mean over this many readings (the
+            built-in trainer's ``select_window``; ``1``: the raw values), so that
+            ``EarlyStopping(monitor=name, mode="min", patience=p)`` applies the built-in rule
+            ``select_by=name, select_window=w, patience=p`` exactly.
 
     State (the gain history and the training losses) is saved in Lightning checkpoints under a
     key made of the arguments that shape it, so two callbacks (say, two targets) can share a
@@ -141,8 +145,18 @@ class GainCallback(pl.Callback):
         every_n_epochs: int = 1,
         log: bool = True,
         signals: Sequence[str] = ("gain_variability", "gain_trend"),
+        select_window: int = 1,
     ) -> None:
         super().__init__()
+        if (
+            isinstance(select_window, bool)
+            or not isinstance(select_window, int)
+            or select_window < 1
+        ):
+            raise ValueError(
+                f"select_window must be a positive integer (readings in the trailing mean, 1: "
+                f"the raw signal), but got select_window={select_window!r}."
+            )
         if isinstance(signals, str) or any(s not in SIGNALS for s in signals):
             raise ValueError(
                 f"signals must be a sequence of names from {list(SIGNALS)}, but got "
@@ -176,6 +190,7 @@ class GainCallback(pl.Callback):
         self.every_n_epochs = every_n_epochs
         self.log = log
         self.signals = tuple(signals)
+        self.select_window = select_window
         #: the prediction changes of every epoch (with ``"prediction_changes"``)
         self.changes = PredictionChanges() if "prediction_changes" in self.signals else None
         self.monitor: GainMonitor | None = None
@@ -280,7 +295,8 @@ class GainCallback(pl.Callback):
         changes = math.nan
         if self.changes is not None and self._count:  # every epoch: changes are epoch to epoch
             seen = self.changes.seen
-            changes = self.changes.end_epoch()
+            self.changes.end_epoch()
+            changes = float(moving_average(self.changes.history, self.select_window)[-1])
             changes = float(seen) if math.isnan(changes) else changes  # the first epoch
         if self.monitor is None or self._loss_sum is None or epoch % self.every_n_epochs:
             return  # no batch this epoch, or not an epoch to measure
@@ -318,10 +334,11 @@ class GainCallback(pl.Callback):
     def _signals(self, changes: float) -> dict[str, float]:
         assert self.monitor is not None
         gains, epochs = self.monitor.gains, self.monitor.epochs
+        w = self.select_window
         return {
             "prediction_changes": changes,
-            "gain_variability": gain_variability(gains)[-1],
-            "gain_trend": gain_trend(gains, epochs=epochs)[-1],
+            "gain_variability": float(moving_average(gain_variability(gains), w)[-1]),
+            "gain_trend": float(moving_average(gain_trend(gains, epochs=epochs), w)[-1]),
         }
 
     def check_pruned(self) -> None:
