@@ -435,6 +435,15 @@ def print_all(out: Path, names: Sequence[str]) -> None:
         f"{results[(floor, worst_n)]['regret']:+.2f} ({worst_n}), by {floor.label}"
     )
 
+    rest = [n for n in done if n != worst_n]
+    fine = [c for c in full if all(results[(c, n)]["regret"] <= 2 for n in rest)]
+    if fine:
+        best = min(fine, key=lambda c: results[(c, worst_n)]["regret"])
+        print(
+            f"on {worst_n}, the candidates within 2 points on every other set-up lose "
+            f"{results[(best, worst_n)]['regret']:+.2f} or more ({best.label})"
+        )
+
     searchable = [c for c in CANDIDATES if c.chooser == "score"]
     pools = [
         ("every candidate", CANDIDATES),
