@@ -180,6 +180,14 @@ def _add_ray_options(ray_opts: Any) -> None:
     ray_opts.add_argument(
         "--max-failures", type=int, default=3, help="restarts per trial from its checkpoint (3)"
     )
+    ray_opts.add_argument(
+        "--reuse-actors",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the next trial in a finished trial's process (Tune's reuse_actors; default "
+        "on: no new process and torch import per trial); --no-reuse-actors: a fresh process "
+        "per trial, for model code that keeps global state",
+    )
 
 
 def _add_report(sub: Any) -> None:
@@ -491,6 +499,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             ("--cpus-per-trial", args.cpus_per_trial, 1.0),
             ("--gpus-per-trial", args.gpus_per_trial, 0.0),
             ("--max-failures", args.max_failures, 3),
+            ("--no-reuse-actors", args.reuse_actors, True),
         )
         if value != default
     ]
@@ -537,6 +546,7 @@ RAY_ARGS = (
     "address",
     "storage_path",
     "max_failures",
+    "reuse_actors",
 )
 
 

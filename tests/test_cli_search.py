@@ -109,6 +109,10 @@ def test_timeout_says_so_and_the_same_command_adds_the_rest(
             "--max-failures belong(s) to --backend ray, not optuna.",
         ),
         (
+            ["search", "{spec}", "--no-reuse-actors", "--out", "{dir}/o"],
+            "--no-reuse-actors belong(s) to --backend ray, not optuna.",
+        ),
+        (
             ["search", "{spec}", "--storage", "nosuchdb://u:secret@x/db", "--out", "{dir}/o"],
             "storage 'nosuchdb://u:***@x/db' cannot be opened",
         ),
@@ -360,3 +364,24 @@ def test_a_spec_that_is_not_text_is_a_clear_error(
     err = capsys.readouterr().err
     assert f"{png} is not a text file" in err and "byte 0x89 at position 0" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("flag", "reuse"), [([], True), (["--no-reuse-actors"], False)])
+def test_reuse_actors_reaches_the_ray_back_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: list[str], reuse: bool
+) -> None:
+    import gainsearch.search.run_ray as run_ray
+
+    seen: dict = {}
+
+    class CalledError(Exception):
+        pass
+
+    def fake(spec, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(kwargs)
+        raise CalledError
+
+    monkeypatch.setattr(run_ray, "run_tuner", fake)
+    with pytest.raises(CalledError):
+        main(["search", str(write_spec(tmp_path)), "--backend", "ray", *flag, "--out", "o"])
+    assert seen["reuse_actors"] is reuse

@@ -479,6 +479,11 @@ def test_the_ray_study_is_the_record_the_optuna_back_end_keeps(tmp_path: Path) -
     run_study(spec, out_dir=tmp_path / "optuna", n_trials=5, heartbeat=None)
     run_tuner(spec, out_dir=tmp_path / "ray", n_trials=5, max_concurrent=1)
     assert not ray.is_initialized()
+    # one process ran every trial (reuse_actors), and the records below are still the Optuna
+    # back end's, trial for trial: nothing a trial leaves behind changes the next one
+    results = (tmp_path / "ray" / "ray_results" / "record").glob("*/result.json")
+    pids = {json.loads(line)["pid"] for f in results for line in f.read_text().splitlines()}
+    assert len(pids) == 1
     studies = [
         optuna.load_study(study_name="record", storage=f"sqlite:///{tmp_path / b / 'study.db'}")
         for b in ("optuna", "ray")

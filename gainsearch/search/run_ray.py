@@ -403,6 +403,7 @@ def run_tuner(
     timeout: float | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     ray_output: bool = False,
+    reuse_actors: bool = True,
 ) -> RayOutcome:
     """Run (or resume) the spec's search on Ray Tune.
 
@@ -434,8 +435,16 @@ def run_tuner(
             are, the TensorBoard hint). Off: gainsearch's progress and table only (Tune's new
             output engine prints its box even at ``verbose=0``; the legacy one, chosen here with
             ``RAY_AIR_NEW_OUTPUT=0`` for the duration of the run, prints nothing at 0).
+        reuse_actors: Run the next trial in the actor (the process) of a finished one, as
+            Tune's ``TuneConfig(reuse_actors=True)``: no new process and no new import of torch
+            per trial (a 6-trial, 1-epoch search of digits: 44 s without, 25 s with, on 2 CPUs).
+            A built-in trial is a function of its configuration alone (seeded, its own model and
+            data), so the results are the same; ``False`` for code that keeps global state
+            between trials.
     """
     _check_args(spec, n_trials, max_concurrent, cpus_per_trial, gpus_per_trial, max_failures)
+    if not isinstance(reuse_actors, bool):
+        raise ValueError(f"reuse_actors must be True or False, but got {reuse_actors=}.")
     check_timeout(timeout)
     deadline = _now() + timeout if timeout else None
     out = Path(out_dir).resolve()
@@ -472,6 +481,7 @@ def run_tuner(
                 max_failures,
                 tune.with_resources(gain_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
                 {**spec.to_ray(), GAINSEARCH_KEY: run.fixed(eval_test, gpus_per_trial > 0)},
+                reuse_actors,
             )
             previous = signal.signal(signal.SIGTERM, _stop_gracefully)
             try:
@@ -571,6 +581,7 @@ class _Run:
         max_failures: int,
         trainable: Any,
         param_space: dict[str, Any],
+        reuse_actors: bool = True,
     ) -> Any:
         """A new Tuner, or the experiment's restored one with this run's scheduler, deadline
         and callbacks (the pickled ones belong to the old run: its progress closure wrote to
@@ -596,7 +607,7 @@ class _Run:
             )
             callbacks = self.callbacks(scheduler)
             _replay(callbacks[0].book, experiment)  # the scheduler's, or GainResults' own
-            _renew_restored(tuner, scheduler, self.deadline, callbacks)
+            _renew_restored(tuner, scheduler, self.deadline, callbacks, reuse_actors)
             return tuner
         # TPE's working copy of the study lives in the searcher (in memory, saved with Tune's
         # experiment state and restored with it); the study in --storage is written from the
@@ -613,6 +624,7 @@ class _Run:
                 ),
                 scheduler=scheduler,
                 num_samples=n_trials,
+                reuse_actors=reuse_actors,
             ),
             run_config=RunConfig(
                 name=self.name,
@@ -630,7 +642,11 @@ class _Run:
 
 
 def _renew_restored(
-    tuner: Any, scheduler: TrialScheduler, deadline: float | None, callbacks: list[Any]
+    tuner: Any,
+    scheduler: TrialScheduler,
+    deadline: float | None,
+    callbacks: list[Any],
+    reuse_actors: bool = True,
 ) -> None:
     """Give a restored Tuner this run's scheduler, deadline and callbacks.
 
@@ -651,6 +667,7 @@ def _renew_restored(
     tune_config.scheduler = scheduler
     tune_config.search_alg = _DeadlineSearch.renew(tune_config.search_alg, deadline)
     tune_config.time_budget_s = None  # a run from before the deadline
+    tune_config.reuse_actors = reuse_actors
     run_config.callbacks = callbacks
 
 
