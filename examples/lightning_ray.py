@@ -25,6 +25,7 @@ from ray import tune
 from torch.utils.data import DataLoader, TensorDataset
 
 from gainsearch import load_dataset
+from gainsearch.core.signals import Indexed
 from gainsearch.integrations.lightning import GainCallback
 from gainsearch.integrations.ray import GainResults, GainScheduler
 from gainsearch.search.run_ray import connect
@@ -45,7 +46,8 @@ def train_digits(config: dict) -> None:
         enable_model_summary=False,
         accelerator="cpu",
     )
-    loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=64, shuffle=True)
+    train = Indexed(TensorDataset(data.x_train, data.y_train))  # DigitsNet's (index, x, y)
+    loader = DataLoader(train, batch_size=64, shuffle=True)
     trainer.fit(DigitsNet(config["lr"]), loader)
 
 
@@ -62,7 +64,11 @@ def main() -> None:
             tune.with_resources(train_digits, {"cpu": 1}),
             param_space={"lr": tune.grid_search(lrs), "epochs": args.epochs},
             tune_config=tune.TuneConfig(
-                scheduler=scheduler, metric="trial_score", mode="max", max_concurrent_trials=2
+                scheduler=scheduler,
+                metric="trial_score",
+                mode="max",
+                max_concurrent_trials=2,
+                reuse_actors=True,  # the next trial in a finished one's process: no new imports
             ),
             run_config=tune.RunConfig(
                 storage_path=tempfile.mkdtemp(prefix="gainsearch-ray-"),

@@ -236,7 +236,11 @@ def test_inside_ray_tune_the_gain_scheduler_decides(tmp_path: Path) -> None:
             # then a diverging one
             param_space={"lr": tune.grid_search([0.05, 1e-5, 1e4]), "root": str(tmp_path)},
             tune_config=tune.TuneConfig(
-                scheduler=scheduler, metric="trial_score", mode="max", max_concurrent_trials=1
+                scheduler=scheduler,
+                metric="trial_score",
+                mode="max",
+                max_concurrent_trials=1,
+                reuse_actors=True,  # as gainsearch's own back end: one import of Lightning
             ),
             run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
         ).fit()
