@@ -120,6 +120,9 @@ def test_bad_tuner_arguments(tmp_path: Path) -> None:
         run_tuner(SPEC, out_dir=tmp_path, n_trials=2, cpus_per_trial=0)
     with pytest.raises(ValueError, match=r"timeout must be a positive number of seconds, but got "):
         run_tuner(SPEC, out_dir=tmp_path, n_trials=2, timeout=-5)
+    with pytest.raises(ValueError, match=r"reuse_actors must be True or False, but got reuse_"):
+        run_tuner(SPEC, out_dir=tmp_path / "x", n_trials=2, reuse_actors="yes")  # type: ignore[arg-type]
+    assert not (tmp_path / "x").exists() and not ray.is_initialized()  # refused before anything
 
 
 @pytest.fixture
