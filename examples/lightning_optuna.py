@@ -15,8 +15,9 @@ Each fit also stops on its own when the training passes' prediction changes (Lab
 averaged over the last 3 epochs, have not fallen for ``--patience`` epochs: Lightning's
 ``EarlyStopping`` on the signal ``GainCallback`` logs, without a validation loop. That is the
 built-in trainer's ``select_by: prediction_changes, select_window: 3, patience: 3``, the rule
-measured for symmetric label noise and small data (``docs/memorisation.md``), and the objective
-is the trial score at the epoch it keeps. The training step returns its logits and the batch's
+measured for symmetric label noise and small data (``docs/memorisation.md``; the library's
+default stays the last epoch, and this example opts in), and the objective is the trial score at
+the epoch it keeps. The training step returns its logits and the batch's
 indices (``Indexed`` adds them to the data set) for that.
 """
 
