@@ -456,7 +456,7 @@ def test_resuming_through_ray_client_is_refused(
         "ray://127.0.0.1:10001",
     )
     with pytest.raises(ValueError, match=r"resuming a Ray search through Ray Client \(ray://\)"):
-        run.tuner(1, 1, 0, ray_backend.gain_trainable, {})
+        run.tuner(1, 1, 0, ray_backend.gain_trainable, {}, True)
     assert not restored and not ray.is_initialized()
 
 

@@ -581,7 +581,7 @@ class _Run:
         max_failures: int,
         trainable: Any,
         param_space: dict[str, Any],
-        reuse_actors: bool = True,
+        reuse_actors: bool,
     ) -> Any:
         """A new Tuner, or the experiment's restored one with this run's scheduler, deadline
         and callbacks (the pickled ones belong to the old run: its progress closure wrote to
@@ -646,7 +646,7 @@ def _renew_restored(
     scheduler: TrialScheduler,
     deadline: float | None,
     callbacks: list[Any],
-    reuse_actors: bool = True,
+    reuse_actors: bool,
 ) -> None:
     """Give a restored Tuner this run's scheduler, deadline and callbacks.
 
