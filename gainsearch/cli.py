@@ -622,12 +622,14 @@ def _progress_bar(args: argparse.Namespace) -> Iterator[Callable[[dict[str, Any]
         bar = bars[0]
         bar.n = min(counts["done"], args.trials)
         best = counts["best"]
-        bar.set_postfix(
-            pruned=counts["pruned"],
-            running=counts["running"],
-            best="-" if best is None else f"{best:.2f}",
-            refresh=False,
-        )
+        postfix = {
+            "pruned": counts["pruned"],
+            "running": counts["running"],
+            "best": "-" if best is None else f"{best:.2f}",
+        }
+        if counts.get("waiting"):  # the count is reached; a dead worker's trial is settled
+            postfix["waiting"] = f"<={counts['waiting']}s for running trials to end or go stale"
+        bar.set_postfix(postfix, refresh=False)
         bar.refresh()
 
     try:

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = """\
 name: pg
-train: {dataset: digits, model: digits_lenet, epochs: 6, batch_size: 64}
+train: {dataset: digits, model: digits_lenet, epochs: 12, batch_size: 64}
 search:
   lr: {type: float, low: 1.0e-3, high: 0.1, log: true}
 pruner: {type: none}
@@ -95,12 +95,16 @@ def postgres_url() -> Iterator[str]:
 
 
 def test_parallel_workers_survive_a_killed_worker(postgres_url: str, tmp_path: Path) -> None:
+    """Three workers, each in one of the study's first trials; one is killed. The study wants
+    two trials, so the survivors start none after the kill, however fast or slow the machine
+    (issue 31: with 14 trials the verdict depended on whether a survivor started a trial after
+    the grace period): the dead worker's trial is settled only by a survivor that waits."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
-    n_trials = 14
+    n_trials = 2
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # 3 workers, 2 cores
     command = [sys.executable, "-m", "gainsearch", "search", str(spec), "--storage", postgres_url]
-    # a heartbeat of 5 s (a trial is failed after 10 s without one): 1 s failed a live worker
+    # a heartbeat of 5 s (a trial is failed after 15 s without one): 1 s failed a live worker
     # starved of CPU (three workers on two cores)
     command += ["--trials", str(n_trials), "--heartbeat", "5", "--retry-failed", "2", "--quiet"]
     workers = [
@@ -147,7 +151,9 @@ def test_parallel_workers_survive_a_killed_worker(postgres_url: str, tmp_path: P
     assert retried[0].state == TrialState.COMPLETE
     # the study reaches its trial count: nothing running or waiting, no duplicate, none lost
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
-    assert n_trials <= len(finished) <= n_trials + 2  # surviving workers may each finish one more
+    # the two survivors' trials and the retry (a survivor that lost the race for the retry may
+    # have sampled one more)
+    assert n_trials + 1 <= len(finished) <= n_trials + 2
     assert sorted(t.number for t in trials) == list(range(len(trials)))
     # no duplicate: no parameters sampled twice but the retry's, and each trial ran in one
     # worker, the retry in a surviving one (trial numbers alone are unique by construction)
@@ -184,7 +190,7 @@ def test_a_password_in_the_storage_url_is_never_written_out(
     secret = "s3cret-Pw0rd"
     url = postgres_url.replace("postgres@", f"postgres:{secret}@")
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.replace("name: pg", "name: pw").replace("epochs: 6", "epochs: 2"))
+    spec.write_text(SPEC.replace("name: pg", "name: pw").replace("epochs: 12", "epochs: 2"))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "gainsearch", "search", str(spec), "--storage", url]

@@ -24,13 +24,14 @@ import signal
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from gainsearch.batteries.data import TensorData, load_dataset
 from gainsearch.batteries.train import EpochContext, TrainConfig, train_trial
@@ -44,6 +45,7 @@ from gainsearch.search.results import (
 )
 from gainsearch.search.spaces import ExperimentSpec
 from gainsearch.search.study import (
+    STALE_GRACE_FACTOR,
     best_summary,
     check_same_space,
     check_timeout,
@@ -193,6 +195,7 @@ def _stop_on_signals() -> Iterator[None]:
 
 # Wall-clock time: spawned workers compare it with the parent's deadline. Tests replace it.
 _now = time.time
+_sleep = time.sleep
 
 
 def _optimize(
@@ -205,19 +208,70 @@ def _optimize(
     heartbeat: int | None,
     retry_failed: int = 0,
     on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    waiting: Callable[[int], None] | None = None,
 ) -> None:
-    """One worker: run trials until the study has ``n_trials`` finished ones or time is up."""
+    """One worker: run trials until the study has ``n_trials`` finished ones or time is up,
+    then settle the trials still running (:func:`_settle_running`): none of a dead worker's
+    stays RUNNING."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = create_study(
         spec, storage, study_name=study_name, heartbeat=heartbeat, retry_failed=retry_failed
     )
     objective = GainObjective(spec, eval_test=eval_test)
     callbacks = [on_trial] if on_trial else []
-    while finished_count(study) < n_trials:
+    while True:
         _check_stop()
         if deadline is not None and _now() >= deadline:
             break
-        study.optimize(objective, n_trials=1, callbacks=callbacks, catch=())
+        if finished_count(study) < n_trials or _has_waiting(study):
+            # a waiting trial is a retry of a dead worker's trial: it runs even past the count
+            study.optimize(objective, n_trials=1, callbacks=callbacks, catch=())
+        elif not _settle_running(study, heartbeat, deadline, waiting):
+            break
+
+
+def _has_waiting(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def _settle_running(
+    study: optuna.Study,
+    heartbeat: int | None,
+    deadline: float | None,
+    waiting: Callable[[int], None] | None = None,
+) -> bool:
+    """The trial count is reached: before leaving, make sure no trial of a dead worker stays
+    RUNNING. True when a stale trial was failed (its retry, if any, is queued: run on).
+
+    Optuna fails a stale trial only when a worker starts a trial. A worker that finds the count
+    reached while trials still run waits, for at most the heartbeat grace period (plus one
+    interval), for each to finish or to go stale; a stale one is failed with Optuna's
+    ``fail_stale_trials`` (which queues its retry under ``retry_failed``). A trial still running
+    after the wait has a live worker, which does the same check when it ends. Without
+    heartbeats a dead worker cannot be told from a live one: nothing to wait for.
+    """
+    if not heartbeat:
+        return False
+    bound = _now() + STALE_GRACE_FACTOR * heartbeat + heartbeat
+    if deadline is not None:
+        bound = min(bound, deadline)
+    while True:
+        _check_stop()
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if any(t.number not in before for t in failed):
+            return True
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return False
+        left = bound - _now()
+        if left <= 0:
+            return False
+        if waiting:
+            waiting(math.ceil(left))
+        _sleep(min(1.0, left))
 
 
 def _worker_main(*args: Any) -> None:  # pragma: no cover - runs in a spawned process
@@ -295,6 +349,10 @@ def run_study(
                     if progress:
                         progress(study_counts(s))
 
+                def waiting(seconds: int) -> None:
+                    if progress:
+                        progress({**study_counts(study), "waiting": seconds})
+
                 if progress:
                     progress(study_counts(study))
                 _optimize(
@@ -307,6 +365,7 @@ def run_study(
                     heartbeat,
                     retry_failed,
                     on_trial,
+                    waiting,
                 )
             else:
                 interrupted = _run_workers(
@@ -343,10 +402,15 @@ def _run_workers(
     for proc in procs:
         proc.start()
     try:
+        n_trials, heartbeat = worker_args[3], worker_args[6]
         while any(p.is_alive() for p in procs):
             _check_stop()
             if progress:
-                progress(study_counts(study))
+                counts = study_counts(study)
+                if heartbeat and counts["done"] >= n_trials and counts["running"]:
+                    # the workers settle the running trials (at most this long): say so
+                    counts["waiting"] = (STALE_GRACE_FACTOR + 1) * heartbeat
+                progress(counts)
             time.sleep(1.0)
     except KeyboardInterrupt:
         for proc in procs:

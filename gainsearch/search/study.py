@@ -122,14 +122,20 @@ def make_pruner(spec: ExperimentSpec) -> BasePruner:
     return GainPruner(config=spec.decision)
 
 
+#: A trial whose worker sent no heartbeat for this many intervals is stale (failed, retried).
+STALE_GRACE_FACTOR = 3
+
+
 def make_storage(
     url: str, heartbeat: int | None, retry_failed: int = 0
 ) -> optuna.storages.BaseStorage:
     """An RDB storage (SQLite, PostgreSQL, ...) with heartbeats when ``heartbeat`` is set.
 
     With heartbeats, a trial whose worker died (no heartbeat for 3 intervals) is marked failed
-    when any worker next starts a trial; ``retry_failed > 0`` then re-queues it with the same
-    parameters, up to that many times (Optuna's ``RetryHeartbeatStaleTrialCallback``).
+    when any worker next starts a trial, or by a worker that found the trial count reached and
+    waited for it (:func:`gainsearch.search.run_optuna._settle_running`); ``retry_failed > 0``
+    then re-queues it with the same parameters, up to that many times (Optuna's
+    ``RetryHeartbeatStaleTrialCallback``).
 
     Raises:
         ValueError: the URL is malformed, its driver is missing, or the database cannot be
@@ -137,7 +143,9 @@ def make_storage(
     """
     kwargs: dict[str, Any] = {"engine_kwargs": _engine_kwargs(url)}
     if heartbeat:
-        kwargs.update(heartbeat_interval=int(heartbeat), grace_period=3 * int(heartbeat))
+        kwargs.update(
+            heartbeat_interval=int(heartbeat), grace_period=STALE_GRACE_FACTOR * int(heartbeat)
+        )
         if retry_failed:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
