@@ -41,9 +41,11 @@ from gainsearch.batteries.data import DATASETS, TensorData, load_dataset
 from gainsearch.batteries.models import check_model_name, create_model
 from gainsearch.core.features import DIVERGED, Diagnosis, diagnose
 from gainsearch.core.monitor import GainMonitor
+from gainsearch.core.noise import LabelNoise, estimate_label_noise, noise_record
 from gainsearch.core.selection import LAST, SIGNALS, Selection, check_selection, select_epoch
 from gainsearch.core.signals import (
     DISPARITY_BATCHES,
+    changes_by_class,
     gain_trend,
     gain_variability,
     gradient_disparity,
@@ -75,6 +77,8 @@ EARLY_STOPPED = "early_stopped"
 
 #: The signals recorded by default: the free ones (gradient disparity costs extra passes).
 DEFAULT_SIGNALS = ("prediction_changes", "gain_variability", "gain_trend")
+#: The label-noise fields are recorded for up to this many classes (a K x K confusion per epoch).
+MAX_NOISE_CLASSES = 100
 
 CHECKPOINT_VERSION = 1
 
@@ -364,6 +368,12 @@ class TrialResult:
         """The gain curve (dB)."""
         return [float(r["gain"]) for r in self.history]
 
+    @property
+    def label_noise(self) -> LabelNoise:
+        """The label-noise diagnosis from the training predictions of every recorded epoch
+        (:func:`gainsearch.core.noise.estimate_label_noise`): rate, kind, pairs."""
+        return estimate_label_noise(self.history)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary: configuration, status, history, diagnosis."""
         return {
@@ -372,6 +382,7 @@ class TrialResult:
             "status": self.status,
             "reason": self.reason,
             "selected_epoch": self.selected_epoch,
+            "label_noise": self.label_noise.to_dict(),
             "history": self.history,
             "diagnosis": self.diagnosis.to_dict(),
         }
@@ -488,7 +499,11 @@ def train_trial(
         }
 
     track_predictions = "prediction_changes" in cfg.signals
+    # the label-noise fields (gainsearch.core.noise), from the same training pass: K <= 100
+    track_noise = data.num_classes <= MAX_NOISE_CLASSES
     predictions = torch.full((x_train.shape[0],), -1, dtype=torch.long, device=device)
+    example_losses = torch.full((x_train.shape[0],), math.nan, device=device)
+    example_confidence = torch.zeros((x_train.shape[0],), device=device)
     epoch = start_epoch - 1
     if status == COMPLETED:
         for epoch in range(start_epoch, cfg.epochs + 1):
@@ -505,7 +520,9 @@ def train_trial(
                 scheduler=scheduler,
                 augment=augment if cfg.augment == "standard" else None,
                 scaler=scaler,
-                predictions=predictions if track_predictions else None,
+                predictions=predictions if track_predictions or track_noise else None,
+                losses=example_losses if track_noise else None,
+                confidence=example_confidence if track_noise else None,
             )
             record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": lr_last}
             if cfg.label_smoothing:
@@ -513,9 +530,24 @@ def train_trial(
             if monitor:
                 reading = gain_monitor.measure(model, epoch)
                 record.update(gain=reading.gain, gain_max=reading.gain_max, winner=reading.winner)
-            if track_predictions:
+            if track_predictions or track_noise:
                 now = predictions.cpu().numpy().copy()  # the buffer is refilled next epoch
-                record["prediction_changes"] = prediction_changes(previous_predictions, now)
+                if track_predictions:
+                    record["prediction_changes"] = prediction_changes(previous_predictions, now)
+                if track_noise:
+                    given = data.y_train.numpy()
+                    record.update(
+                        noise_record(
+                            given,
+                            now,
+                            example_losses.cpu().numpy(),
+                            example_confidence.cpu().numpy(),
+                            data.num_classes,
+                        )
+                    )
+                    record["changes_by_class"] = changes_by_class(
+                        previous_predictions, now, given, data.num_classes
+                    )
                 previous_predictions = now
             record.update(_curve_signals(cfg, gain_monitor))
             if "gradient_disparity" in cfg.signals:
@@ -834,6 +866,8 @@ def _train_epoch(
     augment: torch.Generator | None = None,
     scaler: torch.amp.GradScaler | None = None,
     predictions: torch.Tensor | None = None,
+    losses: torch.Tensor | None = None,
+    confidence: torch.Tensor | None = None,
 ) -> tuple[float, float, float]:
     """One pass over the data: (the mean plain cross-entropy, NaN/inf if the epoch diverged;
     the learning rate the optimizer applied at the epoch's last step; the mean optimised loss,
@@ -842,8 +876,9 @@ def _train_epoch(
     The loss is summed on the model's device and read once per epoch: no host sync per step.
     The schedule steps after every batch. ``predictions`` (one entry per example) receives each
     example's predicted class from its training forward pass (train mode, augmented images, the
-    weights of the moment), on the device. ``KeyboardInterrupt`` before any batch once
-    ``stop_event`` is set.
+    weights of the moment), on the device; ``losses`` and ``confidence`` (optional, the same
+    size) each example's plain cross-entropy and top softmax probability from that pass.
+    ``KeyboardInterrupt`` before any batch once ``stop_event`` is set.
     """
     model.train()
     order = torch.randperm(x.shape[0], generator=generator).to(x.device)
@@ -863,6 +898,11 @@ def _train_epoch(
             loss = F.cross_entropy(logits, y[idx], label_smoothing=cfg.label_smoothing)
         if predictions is not None:
             predictions[idx] = logits.detach().argmax(dim=1)
+        if losses is not None and confidence is not None:
+            with torch.no_grad():
+                detached = logits.detach().float()
+                losses[idx] = F.cross_entropy(detached, y[idx], reduction="none")
+                confidence[idx] = detached.softmax(dim=1).amax(dim=1)
         if cfg.label_smoothing:
             with torch.no_grad():
                 plain = F.cross_entropy(logits.float(), y[idx])

@@ -33,6 +33,7 @@ __all__ = [
     "GAIN_WINDOW",
     "Indexed",
     "PredictionChanges",
+    "changes_by_class",
     "gain_trend",
     "gain_variability",
     "gradient_disparity",
@@ -73,6 +74,25 @@ def prediction_changes(previous: np.ndarray | None, current: np.ndarray) -> floa
         )
     seen = (before >= 0) & (now >= 0)
     return float(np.count_nonzero(before[seen] != now[seen]))
+
+
+def changes_by_class(
+    previous: np.ndarray | None, current: np.ndarray, given: np.ndarray, num_classes: int
+) -> list[int] | None:
+    """:func:`prediction_changes` per given label: ``[count for label 0, 1, ...]`` (``None``
+    without a previous epoch). Per-class changes can still fall where one class's wrong labels
+    are memorised (class-dependent noise) while the total settles."""
+    if previous is None:
+        return None
+    before, now = np.asarray(previous).ravel(), np.asarray(current).ravel()
+    labels = np.asarray(given).ravel()
+    if not before.shape == now.shape == labels.shape:
+        raise ValueError(
+            f"previous, current and given must have one entry per training example each, but "
+            f"got {before.size}, {now.size} and {labels.size}."
+        )
+    changed = (before >= 0) & (now >= 0) & (before != now)
+    return np.bincount(labels[changed], minlength=num_classes).astype(int).tolist()
 
 
 class PredictionChanges:

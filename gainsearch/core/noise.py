@@ -1,0 +1,311 @@
+"""Knowing the label noise from the training predictions alone (issue 28).
+
+Pure functions of what the built-in trainer already has after each epoch: every training
+example's predicted class from its training forward pass (the one prediction changes count), its
+per-example loss from the same pass, and its given (possibly wrong) label. No extra pass, nothing
+held out.
+
+* :func:`label_confusion`: the given-label x predicted-class counts on the training set.
+* :func:`loss_mixture`: a two-component Gaussian mixture of the per-example losses (Arazo et
+  al., 2019: noisy labels have the high-loss component), its high component's weight (a noise
+  rate estimate) and how well the two components separate.
+* :func:`estimate_label_noise`: the trial's estimate from its per-epoch records, at the
+  *estimate epoch*: the epoch, among those so far (from epoch 2), where the two loss components
+  separate best (each component weighing at least ``MIN_WEIGHT``; none such: the last epoch).
+  Before it the network has not learned the clean labels yet; after it it memorises the
+  wrong ones and the noisy examples' losses fall toward the clean ones. At that epoch:
+
+  - ``rate``: the **disagreement**, the share of training examples whose prediction differs from
+    their given label (the primary estimate); ``mixture_rate``: the mixture's estimate, and
+    ``transition_rate``: the off-diagonal share of the confusion among confident predictions,
+    recorded beside it for comparison (Patrini et al. 2017's anchor idea, with argmax
+    predictions);
+  - ``kind``: ``"none"`` when ``rate < NONE_BELOW``; else ``"class-dependent"`` when, for the
+    typical predicted (≈ true) class, its two most frequent wrong given labels hold at least
+    ``CONCENTRATED_ABOVE`` of its wrong labels (mass-weighted over classes) **and** a chi-square
+    test rejects uniform wrong labels per class at ``P_VALUE``; else ``"symmetric"``;
+  - ``pairs``: the largest cells of the estimated transition, true (predicted) class → given
+    label, with the share of that class's examples that carry the label.
+
+  The constants are fixed before any report-half number exists (``benchmarks/PROTOCOL.md``).
+
+Where the kind is ``class-dependent`` no validation-free rule is proven: :data:`NEEDS_SPLIT`
+says so, in every output that shows the kind.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CONCENTRATED_ABOVE",
+    "KINDS",
+    "NEEDS_SPLIT",
+    "NONE_BELOW",
+    "P_VALUE",
+    "LabelNoise",
+    "estimate_label_noise",
+    "label_confusion",
+    "loss_mixture",
+    "noise_record",
+]
+
+#: The kinds of label noise the diagnosis names.
+KINDS = ("none", "symmetric", "class-dependent")
+#: Below this disagreement at the estimate epoch the labels are called clean.
+NONE_BELOW = 0.05
+#: The share of a class's wrong labels in its two most frequent ones, above which it is
+#: concentrated (symmetric noise over 10 classes gives about 2/9).
+CONCENTRATED_ABOVE = 0.6
+#: The chi-square test of uniform wrong labels per class must reject at this level too (small
+#: data sets concentrate by chance).
+P_VALUE = 1e-3
+#: The share of each predicted class's most confident examples whose given labels estimate the
+#: transition (``transition_rate``).
+CONFIDENT_SHARE = 0.5
+#: A loss-mixture component lighter than this does not pick the estimate epoch.
+MIN_WEIGHT = 0.02
+#: Pairs listed: at most this many, each at least this share of its class.
+MAX_PAIRS, MIN_PAIR_SHARE = 5, 0.05
+#: What every output says where the kind is class-dependent.
+NEEDS_SPLIT = (
+    "class-dependent label noise: keep a validation split. The training predictions settle on "
+    "the wrong labels while the network memorises them, so no validation-free rule is proven "
+    "here (prediction changes lose 4-9 points to a split on such data)."
+)
+
+
+def label_confusion(
+    given: np.ndarray | Sequence[int], predicted: np.ndarray | Sequence[int], num_classes: int
+) -> np.ndarray:
+    """Counts ``C[g, p]``: training examples with given label ``g`` predicted ``p``.
+
+    An example without a prediction this epoch (``-1``: not seen) is left out.
+
+    Raises:
+        ValueError: the two are not one entry per example, or a label is out of range.
+    """
+    y, p = np.asarray(given).ravel(), np.asarray(predicted).ravel()
+    if y.shape != p.shape:
+        raise ValueError(
+            f"given and predicted must have one entry per example each, got {y.size} and {p.size}."
+        )
+    seen = p >= 0
+    y, p = y[seen].astype(np.int64), p[seen].astype(np.int64)
+    if y.size and (y.min() < 0 or y.max() >= num_classes or p.max() >= num_classes):
+        raise ValueError(f"labels and predictions must be in [0, {num_classes}).")
+    return np.bincount(y * num_classes + p, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
+
+
+def loss_mixture(losses: np.ndarray | Sequence[float], seed: int = 0) -> tuple[float, float]:
+    """A two-component Gaussian mixture of per-example losses: (the weight of the high-loss
+    component, the separation ``(mu_high - mu_low) / sqrt(var_high + var_low)``).
+
+    ``(nan, nan)`` with fewer than 10 finite losses or when they are all equal. Deterministic
+    (a fixed seed); 1,000 examples take about 10 ms.
+    """
+    x = np.asarray(losses, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size < 10 or float(np.ptp(x)) == 0.0:
+        return math.nan, math.nan
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gmm = GaussianMixture(2, random_state=seed, reg_covar=1e-4, max_iter=100, tol=1e-3)
+        gmm.fit(x.reshape(-1, 1))
+    means = gmm.means_.ravel()
+    variances = gmm.covariances_.ravel()
+    high, low = int(np.argmax(means)), int(np.argmin(means))
+    if high == low:
+        return math.nan, math.nan
+    separation = (means[high] - means[low]) / math.sqrt(variances[high] + variances[low])
+    return float(gmm.weights_[high]), float(separation)
+
+
+def noise_record(
+    given: np.ndarray,
+    predicted: np.ndarray,
+    losses: np.ndarray,
+    confidence: np.ndarray,
+    num_classes: int,
+) -> dict[str, Any]:
+    """One epoch's label-noise fields, from the training pass (what the trainer records).
+
+    Keys: ``train_acc`` (the share of seen examples predicted as their given label),
+    ``noise_mixture`` and ``mixture_separation`` (:func:`loss_mixture`), ``label_confusion``
+    (``K x K`` nested lists) and ``confident_confusion`` (the same over each predicted class's
+    ``CONFIDENT_SHARE`` most confident examples).
+    """
+    y = np.asarray(given).ravel()
+    p = np.asarray(predicted).ravel()
+    seen = p >= 0
+    confusion = label_confusion(y, p, num_classes)
+    conf = np.asarray(confidence, dtype=np.float64).ravel()
+    confident = np.zeros_like(seen)
+    for c in range(num_classes):
+        members = np.flatnonzero(seen & (p == c))
+        if members.size:
+            keep = max(1, math.ceil(CONFIDENT_SHARE * members.size))
+            confident[members[np.argsort(-conf[members], kind="stable")[:keep]]] = True
+    rate, separation = loss_mixture(np.asarray(losses)[seen])
+    n_seen = int(seen.sum())
+    return {
+        "train_acc": float(np.trace(confusion) / n_seen) if n_seen else math.nan,
+        "noise_mixture": rate,
+        "mixture_separation": separation,
+        "label_confusion": confusion.tolist(),
+        "confident_confusion": label_confusion(y[confident], p[confident], num_classes).tolist(),
+    }
+
+
+@dataclass(frozen=True)
+class LabelNoise:
+    """A trial's label-noise diagnosis (:func:`estimate_label_noise`).
+
+    Attributes:
+        rate: The estimated noise rate: the disagreement at ``epoch``.
+        kind: ``"none"``, ``"symmetric"`` or ``"class-dependent"``.
+        pairs: ``(true class, given label, share)``: the largest cells of the estimated
+            transition, largest first.
+        epoch: The estimate epoch (the best separation of the loss mixture so far).
+        mixture_rate: The loss mixture's high-component weight at ``epoch``.
+        transition_rate: The off-diagonal share of the confident examples' confusion there.
+        concentration: The mass-weighted share of each class's wrong labels in its top two.
+        p_value: The chi-square test of uniform wrong labels per class.
+    """
+
+    rate: float
+    kind: str
+    pairs: list[tuple[int, int, float]] = field(default_factory=list)
+    epoch: int | None = None
+    mixture_rate: float = math.nan
+    transition_rate: float = math.nan
+    concentration: float = math.nan
+    p_value: float = math.nan
+
+    @property
+    def needs_split(self) -> bool:
+        """True where no validation-free rule is proven (class-dependent noise)."""
+        return self.kind == "class-dependent"
+
+    def describe(self) -> str:
+        """One line: ``label noise: ~20 % symmetric (epoch 6)``, with the pairs if any."""
+        if not math.isfinite(self.rate):
+            return "label noise: unknown (no training predictions recorded)"
+        text = (
+            f"label noise: ~{100 * self.rate:.0f} % {self.kind} (estimated at epoch {self.epoch})"
+        )
+        if self.kind == "class-dependent" and self.pairs:
+            shown = ", ".join(f"{t}->{g} {100 * s:.0f} %" for t, g, s in self.pairs)
+            text += f"; {shown}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["pairs"] = [list(p) for p in self.pairs]
+        out["needs_split"] = self.needs_split
+        return out
+
+
+UNKNOWN = LabelNoise(rate=math.nan, kind="none")
+
+
+def _concentration(confusion: np.ndarray) -> tuple[float, float]:
+    """(The mass-weighted top-two share of each predicted class's wrong labels, the chi-square
+    p-value of uniform wrong labels per predicted class)."""
+    from scipy.stats import chi2
+
+    k = confusion.shape[0]
+    wrong = confusion.astype(np.float64).copy()
+    np.fill_diagonal(wrong, 0.0)
+    per_class = wrong.sum(axis=0)  # column p: examples predicted p with another label
+    total = float(per_class.sum())
+    if total <= 0 or k < 3:
+        return math.nan, math.nan
+    shares, stat, dof = 0.0, 0.0, 0
+    for p in range(k):
+        column = np.delete(wrong[:, p], p)
+        if per_class[p] <= 0:
+            continue
+        top2 = np.sort(column)[-2:].sum()
+        shares += top2  # weighted by the class's wrong mass: sum of top-two counts
+        expected = per_class[p] / (k - 1)
+        stat += float(((column - expected) ** 2).sum() / expected)
+        dof += k - 2
+    return shares / total, float(chi2.sf(stat, dof)) if dof else math.nan
+
+
+def _pairs(confusion: np.ndarray) -> list[tuple[int, int, float]]:
+    k = confusion.shape[0]
+    column = confusion.sum(axis=0).astype(np.float64)
+    cells = []
+    for g in range(k):
+        for p in range(k):
+            if g != p and column[p] > 0:
+                share = confusion[g, p] / column[p]  # of the examples predicted p, labelled g
+                if share >= MIN_PAIR_SHARE:
+                    cells.append((p, g, round(float(share), 3)))
+    cells.sort(key=lambda c: (-c[2], c[0], c[1]))
+    return cells[:MAX_PAIRS]
+
+
+def estimate_label_noise(
+    history: Sequence[Mapping[str, Any]], *, upto: int | None = None
+) -> LabelNoise:
+    """The trial's label-noise diagnosis from its records up to epoch ``upto`` (all: ``None``).
+
+    Causal: what it says at epoch ``e`` uses epochs ``<= e`` only, so a rule may act on it.
+    :data:`UNKNOWN` (rate ``nan``) when no record holds a confusion.
+    """
+    records = [
+        r
+        for r in history
+        if r.get("label_confusion") is not None and (upto is None or r["epoch"] <= upto)
+    ]
+    if not records:
+        return UNKNOWN
+    candidates = [r for r in records if r["epoch"] >= 2] or records
+
+    def separation(r: Mapping[str, Any]) -> float:
+        value, weight = r.get("mixture_separation"), r.get("noise_mixture")
+        if value is None or weight is None or not (math.isfinite(value) and math.isfinite(weight)):
+            return -math.inf
+        # a component of almost no weight (a few outliers once everything is fitted, or a
+        # diverged epoch) separates from the rest without saying anything about the labels
+        return value if MIN_WEIGHT <= weight <= 1 - MIN_WEIGHT else -math.inf
+
+    best = max(candidates, key=lambda r: (separation(r), r["epoch"]))
+    confusion = np.asarray(best["label_confusion"], dtype=np.int64)
+    total = int(confusion.sum())
+    rate = 1.0 - float(np.trace(confusion)) / total if total else math.nan
+    confident = np.asarray(best.get("confident_confusion") or confusion, dtype=np.int64)
+    n_confident = int(confident.sum())
+    transition = 1.0 - float(np.trace(confident)) / n_confident if n_confident else math.nan
+    concentration, p_value = _concentration(confusion)
+    if not math.isfinite(rate) or rate < NONE_BELOW:
+        kind = "none"
+    elif concentration >= CONCENTRATED_ABOVE and p_value < P_VALUE:
+        kind = "class-dependent"
+    else:
+        kind = "symmetric"
+    mixture = best.get("noise_mixture")
+    return LabelNoise(
+        rate=rate,
+        kind=kind,
+        pairs=_pairs(confusion) if kind != "none" else [],
+        epoch=int(best["epoch"]),
+        mixture_rate=float(mixture) if mixture is not None else math.nan,
+        transition_rate=transition,
+        concentration=concentration,
+        p_value=p_value,
+    )
