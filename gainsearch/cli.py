@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -449,6 +450,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print("nothing to do: the checkpoint already holds all epochs")
     print(f"status:    {result.status}" + (f" ({result.reason})" if result.reason else ""))
     print(f"diagnosis: {result.diagnosis}")
+    _print_label_noise(result.label_noise, "labels:    ")
     if config.select_by != "last" and result.selected_epoch is not None:
         print(
             f"selected:  epoch {result.selected_epoch} (lowest {config.select_by}"
@@ -767,8 +769,10 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         gains, epochs=epochs, config=config, diverged_epoch=loss_diverged, train_loss=losses
     )
     kept = _kept_epoch(args.history)
+    noise = _label_noise_of(args.history)
     if args.json:
-        print(json.dumps({**result.to_dict(), **kept}, indent=2))
+        extra = {"label_noise": noise.to_dict()} if noise and math.isfinite(noise.rate) else {}
+        print(json.dumps({**result.to_dict(), **kept, **extra}, indent=2))
         return 0
     feats = result.features
     print(f"epochs:            {feats.n_epochs}")
@@ -790,7 +794,34 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         )
     print(f"diagnosis:         {result.label}")
     print(f"reason:            {result.reason}")
+    if noise is not None:
+        _print_label_noise(noise, "label noise:       ")
     return 0
+
+
+def _print_label_noise(noise: Any, label: str) -> None:
+    """The label-noise line (``gainsearch.core.noise``), and where the kind is class-dependent
+    the plain warning that a validation split is needed, and why."""
+    if not math.isfinite(noise.rate):
+        return
+    print(label + noise.describe())
+    if noise.needs_split:
+        from gainsearch.core.noise import NEEDS_SPLIT
+
+        print(" " * len(label) + "WARNING: " + NEEDS_SPLIT)
+
+
+def _label_noise_of(path: Path) -> Any:
+    """The label-noise diagnosis of a ``history.json`` whose records carry the fields."""
+    from gainsearch.core.noise import estimate_label_noise
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("history"), list):
+        return None
+    return estimate_label_noise([r for r in data["history"] if isinstance(r, dict)])
 
 
 def _kept_epoch(path: Path) -> dict[str, Any]:

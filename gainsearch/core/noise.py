@@ -11,19 +11,21 @@ held out.
   rate estimate) and how well the two components separate.
 * :func:`estimate_label_noise`: the trial's estimate from its per-epoch records, at the
   *estimate epoch*: the epoch, among those so far (from epoch 2), where the two loss components
-  separate best (each component weighing at least ``MIN_WEIGHT``; none such: the last epoch).
+  separate best, the high-loss one weighing ``MIN_WEIGHT`` to ``MAX_WEIGHT`` (none such: the
+  last epoch).
   Before it the network has not learned the clean labels yet; after it it memorises the
   wrong ones and the noisy examples' losses fall toward the clean ones. At that epoch:
 
-  - ``rate``: the **disagreement**, the share of training examples whose prediction differs from
-    their given label (the primary estimate); ``mixture_rate``: the mixture's estimate, and
-    ``transition_rate``: the off-diagonal share of the confusion among confident predictions,
-    recorded beside it for comparison (Patrini et al. 2017's anchor idea, with argmax
-    predictions);
-  - ``kind``: ``"none"`` when ``rate < NONE_BELOW``; else ``"class-dependent"`` when, for the
-    typical predicted (≈ true) class, its two most frequent wrong given labels hold at least
-    ``CONCENTRATED_ABOVE`` of its wrong labels (mass-weighted over classes) **and** a chi-square
-    test rejects uniform wrong labels per class at ``P_VALUE``; else ``"symmetric"``;
+  - ``rate``: the share of wrong given labels among the **confident** examples, the
+    ``CONFIDENT_SHARE`` most confident of each predicted class (Patrini et al. 2017's anchor
+    idea with argmax predictions: a learned example's predicted class is its true one, so its
+    wrong label is noise, not the network's own confusion); beside it, for comparison,
+    ``disagreement`` (the same share among all examples) and ``mixture_rate`` (the mixture's);
+  - ``kind``, from the confident examples' confusion: ``"none"`` when ``rate < NONE_BELOW``;
+    else ``"class-dependent"`` when, for the typical predicted (≈ true) class, its two most
+    frequent wrong given labels hold at least ``CONCENTRATED_ABOVE`` of its wrong labels
+    (mass-weighted over classes) **and** a chi-square test rejects uniform wrong labels per
+    class at ``P_VALUE``; else ``"symmetric"``;
   - ``pairs``: the largest cells of the estimated transition, true (predicted) class → given
     label, with the share of that class's examples that carry the label.
 
@@ -58,7 +60,7 @@ __all__ = [
 
 #: The kinds of label noise the diagnosis names.
 KINDS = ("none", "symmetric", "class-dependent")
-#: Below this disagreement at the estimate epoch the labels are called clean.
+#: Below this estimated rate the labels are called clean.
 NONE_BELOW = 0.05
 #: The share of a class's wrong labels in its two most frequent ones, above which it is
 #: concentrated (symmetric noise over 10 classes gives about 2/9).
@@ -67,10 +69,11 @@ CONCENTRATED_ABOVE = 0.6
 #: data sets concentrate by chance).
 P_VALUE = 1e-3
 #: The share of each predicted class's most confident examples whose given labels estimate the
-#: transition (``transition_rate``).
+#: noise (the rate, the kind and the pairs).
 CONFIDENT_SHARE = 0.5
-#: A loss-mixture component lighter than this does not pick the estimate epoch.
-MIN_WEIGHT = 0.02
+#: The high-loss component's weight must lie in [MIN_WEIGHT, MAX_WEIGHT] for its epoch to be
+#: the estimate epoch.
+MIN_WEIGHT, MAX_WEIGHT = NONE_BELOW, 0.5
 #: Pairs listed: at most this many, each at least this share of its class.
 MAX_PAIRS, MIN_PAIR_SHARE = 5, 0.05
 #: What every output says where the kind is class-dependent.
@@ -173,13 +176,15 @@ class LabelNoise:
     """A trial's label-noise diagnosis (:func:`estimate_label_noise`).
 
     Attributes:
-        rate: The estimated noise rate: the disagreement at ``epoch``.
+        rate: The estimated noise rate: the share of wrong given labels among the confident
+            half of each predicted class's examples at ``epoch``.
         kind: ``"none"``, ``"symmetric"`` or ``"class-dependent"``.
         pairs: ``(true class, given label, share)``: the largest cells of the estimated
             transition, largest first.
         epoch: The estimate epoch (the best separation of the loss mixture so far).
         mixture_rate: The loss mixture's high-component weight at ``epoch``.
-        transition_rate: The off-diagonal share of the confident examples' confusion there.
+        disagreement: The share of all training examples predicted as another class than
+            their given label there.
         concentration: The mass-weighted share of each class's wrong labels in its top two.
         p_value: The chi-square test of uniform wrong labels per class.
     """
@@ -189,7 +194,7 @@ class LabelNoise:
     pairs: list[tuple[int, int, float]] = field(default_factory=list)
     epoch: int | None = None
     mixture_rate: float = math.nan
-    transition_rate: float = math.nan
+    disagreement: float = math.nan
     concentration: float = math.nan
     p_value: float = math.nan
 
@@ -199,12 +204,10 @@ class LabelNoise:
         return self.kind == "class-dependent"
 
     def describe(self) -> str:
-        """One line: ``label noise: ~20 % symmetric (epoch 6)``, with the pairs if any."""
+        """One line: ``~20 % symmetric (estimated at epoch 6)``, with the pairs if any."""
         if not math.isfinite(self.rate):
-            return "label noise: unknown (no training predictions recorded)"
-        text = (
-            f"label noise: ~{100 * self.rate:.0f} % {self.kind} (estimated at epoch {self.epoch})"
-        )
+            return "unknown (no training predictions recorded)"
+        text = f"~{100 * self.rate:.0f} % {self.kind} (estimated at epoch {self.epoch})"
         if self.kind == "class-dependent" and self.pairs:
             shown = ", ".join(f"{t}->{g} {100 * s:.0f} %" for t, g, s in self.pairs)
             text += f"; {shown}"
@@ -282,16 +285,22 @@ def estimate_label_noise(
             return -math.inf
         # a component of almost no weight (a few outliers once everything is fitted, or a
         # diverged epoch) separates from the rest without saying anything about the labels
-        return value if MIN_WEIGHT <= weight <= 1 - MIN_WEIGHT else -math.inf
+        # (a high-loss component of more than half the examples is the unlearned majority of
+        # an early epoch, not noise: labels that are mostly wrong cannot be learned at all)
+        return value if MIN_WEIGHT <= weight <= MAX_WEIGHT else -math.inf
 
     best = max(candidates, key=lambda r: (separation(r), r["epoch"]))
     confusion = np.asarray(best["label_confusion"], dtype=np.int64)
     total = int(confusion.sum())
-    rate = 1.0 - float(np.trace(confusion)) / total if total else math.nan
+    disagreement = 1.0 - float(np.trace(confusion)) / total if total else math.nan
+    # the confident half of each predicted class: examples the network has learned, whose
+    # predicted class is their true one (Patrini et al.'s anchors), so their wrong given labels
+    # are label noise and not the network's own confusions (an unfinished network's errors
+    # concentrate on look-alike classes too)
     confident = np.asarray(best.get("confident_confusion") or confusion, dtype=np.int64)
     n_confident = int(confident.sum())
-    transition = 1.0 - float(np.trace(confident)) / n_confident if n_confident else math.nan
-    concentration, p_value = _concentration(confusion)
+    rate = 1.0 - float(np.trace(confident)) / n_confident if n_confident else math.nan
+    concentration, p_value = _concentration(confident)
     if not math.isfinite(rate) or rate < NONE_BELOW:
         kind = "none"
     elif concentration >= CONCENTRATED_ABOVE and p_value < P_VALUE:
@@ -302,10 +311,10 @@ def estimate_label_noise(
     return LabelNoise(
         rate=rate,
         kind=kind,
-        pairs=_pairs(confusion) if kind != "none" else [],
+        pairs=_pairs(confident) if kind != "none" else [],
         epoch=int(best["epoch"]),
         mixture_rate=float(mixture) if mixture is not None else math.nan,
-        transition_rate=transition,
+        disagreement=disagreement,
         concentration=concentration,
         p_value=p_value,
     )
