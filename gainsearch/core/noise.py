@@ -318,3 +318,75 @@ def estimate_label_noise(
         concentration=concentration,
         p_value=p_value,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# rules that act on the noise (candidates of benchmarks/PROTOCOL.md; pure, causal)
+
+#: The noise-rate criterion's estimators: the product's rate (confident half) or the mixture's.
+ESTIMATORS = ("transition", "mixture")
+
+
+def noise_rate_epoch(
+    history: Sequence[Mapping[str, Any]], *, estimator: str = "transition", margin: float = 0.0
+) -> tuple[int, bool]:
+    """The noise-rate criterion (Song et al. 2019, "Prestopping"): the first epoch ``e >= 2``
+    whose training accuracy against the given labels reaches ``1 - r(e) - margin``, ``r(e)`` the
+    noise estimate from epochs ``<= e``; ``(e, True)`` (stop there, keep it), or ``(the last
+    epoch, False)`` when it is never reached.
+
+    Raises:
+        ValueError: an unknown estimator, or no epoch.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, but got {estimator=}.")
+    if not history:
+        raise ValueError("noise_rate_epoch needs at least one epoch.")
+    for record in history:
+        epoch, acc = int(record["epoch"]), record.get("train_acc")
+        if epoch < 2 or acc is None or not math.isfinite(acc):
+            continue
+        noise = estimate_label_noise(history, upto=epoch)
+        rate = noise.rate if estimator == "transition" else noise.mixture_rate
+        if math.isfinite(rate) and acc >= 1.0 - rate - margin:
+            return epoch, True
+    return int(history[-1]["epoch"]), False
+
+
+def per_class_epoch(
+    history: Sequence[Mapping[str, Any]], *, aggregate: str = "min", window: int = 3
+) -> int:
+    """Per-class prediction changes: each given label's changes (``changes_by_class``),
+    smoothed by a trailing mean of ``window``, reach their lowest at an epoch; the kept epoch is
+    the earliest (``"min"``) or the lower median (``"median"``) of those epochs over classes.
+    Without per-class readings: the last epoch."""
+    from gainsearch.core.signals import moving_average
+
+    if aggregate not in ("min", "median"):
+        raise ValueError(f"aggregate must be 'min' or 'median', but got {aggregate=}.")
+    rows = [r for r in history if r.get("changes_by_class") is not None]
+    if not rows:
+        return int(history[-1]["epoch"])
+    epochs = [int(r["epoch"]) for r in rows]
+    counts = np.asarray([r["changes_by_class"] for r in rows], dtype=np.float64)
+    lows = []
+    for k in range(counts.shape[1]):
+        smooth = moving_average(list(counts[:, k]), window)
+        if np.any(np.isfinite(smooth)):
+            lows.append(epochs[int(np.nanargmin(smooth))])
+    if not lows:
+        return int(history[-1]["epoch"])
+    lows.sort()
+    return lows[0] if aggregate == "min" else lows[(len(lows) - 1) // 2]
+
+
+def corrected_accuracy(accuracy: float, rate: float, num_classes: int) -> float:
+    """The accuracy against the true labels implied by ``accuracy`` against labels damaged
+    symmetrically at ``rate``: ``(a - r/(K-1)) / (1 - r - r/(K-1))`` (``a`` unchanged when the
+    rate is unknown or the inversion undefined)."""
+    k = num_classes
+    if not math.isfinite(rate) or k < 2:
+        return accuracy
+    off = rate / (k - 1)
+    denominator = 1.0 - rate - off
+    return (accuracy - off) / denominator if denominator > 0 else accuracy
