@@ -526,3 +526,53 @@ def test_the_ray_study_is_the_record_the_optuna_back_end_keeps(tmp_path: Path) -
     study = optuna.load_study(study_name="record", storage=url)
     assert write_trials(study, load_run(str(tmp_path / "ray")).rows, spec) == 0
     assert len(optuna.load_study(study_name="record", storage=url).trials) == 5
+
+
+def test_tpe_on_ray_learns_the_kept_epochs_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With select_by the kept epoch is not always the last: the value Tune's searcher
+    tells TPE is the row's value (the kept epoch's trial score) and the Optuna back end's (issue
+    30: it was the last result's)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from gainsearch.search.run_optuna import run_study
+
+    told: dict[str, float] = {}
+    original = OptunaSearch.on_trial_complete
+
+    def spy(self, trial_id, result=None, error=False):  # type: ignore[no-untyped-def]
+        if result is not None:
+            told[trial_id] = result[self._metric]
+        return original(self, trial_id, result, error)
+
+    monkeypatch.setattr(OptunaSearch, "on_trial_complete", spy)
+    spec = parse_spec(
+        {
+            "name": "kept",
+            "train": {
+                "dataset": "digits",
+                "model": "digits_lenet",
+                "epochs": 8,
+                "batch_size": 128,
+                "select_by": "gain_trend",  # its lowest reading: rarely the last epoch
+            },
+            "search": {"lr": {"type": "float", "low": 0.03, "high": 0.15, "log": True}},
+            "pruner": {"type": "none"},
+            "sampler": {"type": "random", "seed": 3},
+        }
+    )
+    ray_run = run_tuner(spec, out_dir=tmp_path / "ray", n_trials=3, max_concurrent=1)
+    optuna_run = run_study(spec, out_dir=tmp_path / "optuna", n_trials=3, heartbeat=None)
+    rows = {r.trial_id: r for r in ray_run.rows}
+    assert sorted(told) == sorted(rows)
+    stopped_early = 0
+    for trial_id, value in told.items():
+        row = rows[trial_id]
+        if row.diagnosis == "diverged":  # nan, as the Optuna back end prunes it
+            assert math.isnan(value), trial_id
+            continue
+        assert value == pytest.approx(row.value), trial_id
+        stopped_early += row.selected_epoch is not None and row.selected_epoch < row.epochs
+    assert stopped_early  # at least one trial kept an epoch before its last
+    assert [r.value for r in ray_run.rows] == pytest.approx([r.value for r in optuna_run.rows])

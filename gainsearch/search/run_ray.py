@@ -1,6 +1,7 @@
 """The Ray Tune runner behind ``gainsearch search --backend ray``: the built-in trainer as a
-function trainable (:func:`gain_trainable`, reported through
-:func:`gainsearch.integrations.ray.report_gain`, one checkpoint per epoch) and
+function trainable (:func:`gain_trainable`, reporting what
+:func:`gainsearch.integrations.ray.report_gain` does and the metric at the kept epoch, one
+checkpoint per epoch) and
 :func:`run_tuner`: Optuna's TPE through ``OptunaSearch`` (the trials recorded in the study of
 :mod:`gainsearch.search.study` as they end), the spec's pruner as a scheduler, a local Ray on
 loopback or ``--address`` to join a cluster, resume. Needs ``pip install gainsearch[ray]``.
@@ -26,7 +27,13 @@ from typing import Any
 from gainsearch.batteries.train import EpochContext, TrainConfig, train_trial
 from gainsearch.core.features import DIVERGED
 from gainsearch.core.objective import ScoreConfig, TrialScoreConfig
-from gainsearch.integrations.ray import SCORE, TRIAL_SCORE, GainResults, GainScheduler, report_gain
+from gainsearch.integrations.ray import (
+    SCORE,
+    TRIAL_SCORE,
+    GainResults,
+    GainScheduler,
+    gain_metrics,
+)
 from gainsearch.search.results import Outcome, TrialRow, check_out_dir, write_results
 from gainsearch.search.spaces import ExperimentSpec, read_yaml_mapping, spec_differences
 from gainsearch.search.study import (
@@ -61,8 +68,23 @@ GAINSEARCH_KEY = "_gainsearch"  # fixed, non-searched settings travel in the con
 
 
 def result_key(spec: ExperimentSpec) -> str:
-    """The result key Tune optimises for ``spec`` (its single metric)."""
+    """The result key Tune's schedulers read for ``spec`` (its single metric, per epoch)."""
     return RESULT_KEYS[spec.metrics[0]]
+
+
+#: Prefix of the result key that holds the metric at the kept epoch (what the searcher learns).
+KEPT_PREFIX = "kept_"
+
+
+def searcher_key(spec: ExperimentSpec) -> str:
+    """The result key TPE learns for ``spec``: its metric at the epoch the trial keeps so far.
+
+    Tune's ``OptunaSearch`` tells TPE ``result[metric]`` of a trial's *last* result; with
+    ``select_by`` and ``patience`` the last epoch is not the kept one, and the Optuna back end
+    (and ``trials.csv``) returns the kept epoch's value. Reporting that value under its own key
+    makes both back ends' samplers learn the same number.
+    """
+    return KEPT_PREFIX + result_key(spec)
 
 
 def gain_trainable(config: dict[str, Any]) -> None:
@@ -76,7 +98,9 @@ def gain_trainable(config: dict[str, Any]) -> None:
     stopping signal, ``selected_epoch``, ``kept_checkpoint`` (the epoch number when this epoch
     is, at that point, the selected one, else 0: the score of Tune's ``CheckpointConfig``, which
     thus keeps the selected epoch's checkpoint and the latest), ``stop_reason`` (patience ran
-    out) (+ ``test_acc``, ``test_loss``) with a checkpoint directory holding ``checkpoint.pt``.
+    out), ``kept_trial_score`` (the metric at the epoch kept so far: what TPE learns,
+    :func:`searcher_key`) (+ ``test_acc``, ``test_loss``) with a checkpoint directory holding
+    ``checkpoint.pt``.
     """
     from ray.tune import Checkpoint
 
@@ -100,6 +124,9 @@ def gain_trainable(config: dict[str, Any]) -> None:
                 if saved.is_file():
                     local.write_bytes(saved.read_bytes())
 
+        key = RESULT_KEYS[fixed.get("metric", "trial_score")]
+        values: dict[int, float] = {}  # the metric per epoch, for the kept epoch's
+
         def report(ctx: EpochContext) -> None:
             selected = ctx.record["selected_epoch"]
             extra: dict[str, Any] = {
@@ -116,16 +143,21 @@ def gain_trainable(config: dict[str, Any]) -> None:
             if train_config.eval_test:  # evaluation only: the scheduler never reads these
                 extra["test_acc"] = ctx.record["test_acc"]
                 extra["test_loss"] = _finite(ctx.record["test_loss"])
-            report_gain(
+            metrics = gain_metrics(
                 ctx.monitor,
                 ctx.epoch,
                 train_loss=[r["train_loss"] for r in ctx.history],
                 diverged=ctx.diverged,
-                checkpoint=Checkpoint.from_directory(work),
-                extra=extra,
                 score_config=score_config,
                 trial_config=trial_config,
             )
+            values[ctx.epoch] = metrics[key]
+            # the searcher's value: the metric at the kept epoch (nan once diverged, as the
+            # Optuna back end prunes a diverged trial)
+            kept = values.get(selected, metrics[key]) if not ctx.diverged else math.nan
+            metrics.update(extra)
+            metrics[KEPT_PREFIX + key] = kept
+            tune.report(metrics, checkpoint=Checkpoint.from_directory(work))
 
         train_trial(train_config, callbacks=[report], checkpoint_path=local)
 
@@ -284,6 +316,14 @@ class _DeadlineSearch(SearchGenerator):
     def is_finished(self) -> bool:
         timed_out = self.deadline is not None and _now() >= self.deadline
         return timed_out or super().is_finished()
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec: Any
+    ) -> bool:
+        """Tune hands its metric (the per-epoch one its schedulers read) to the searcher, which
+        would then learn the last result's value: the searcher keeps its own
+        (:func:`searcher_key`, the kept epoch's value)."""
+        return super().set_search_properties(None, mode, config, **spec)
 
 
 class _ProgressCallback(tune.Callback):
@@ -556,6 +596,7 @@ class _Run:
             "train": self.train,
             "variability_weight": self.spec.score.variability_weight,
             "trial_score": {"gain_weight": trial.gain_weight, "early_epochs": trial.early_epochs},
+            "metric": self.spec.metrics[0],
             "eval_test": eval_test,
             "use_gpu": use_gpu,
         }
@@ -612,7 +653,9 @@ class _Run:
         # TPE's working copy of the study lives in the searcher (in memory, saved with Tune's
         # experiment state and restored with it); the study in --storage is written from the
         # typed rows as trials end (write_trials), with their real states
-        searcher = OptunaSearch(sampler=make_sampler(self.spec), metric=metric, mode=mode)
+        searcher = OptunaSearch(
+            sampler=make_sampler(self.spec), metric=searcher_key(self.spec), mode=mode
+        )
         return Tuner(
             trainable,
             param_space=param_space,
