@@ -29,6 +29,7 @@ import memorisation
 import noise_suite
 
 from gainsearch.core.noise import (
+    auto_verdict,
     corrected_accuracy,
     estimate_label_noise,
     noise_rate_epoch,
@@ -145,34 +146,13 @@ def replay(history: Sequence[dict[str, Any]], rule: Rule) -> tuple[int, int] | N
         return epoch, epoch if stop else last
     if rule.kind == "per_class":
         return per_class_epoch(finite, aggregate=rule.aggregate), last
-    # auto: at each epoch the kind estimated so far picks the governing rule
-    for i in range(2, len(finite) + 1):
-        prefix = finite[:i]
-        kind = estimate_label_noise(prefix).kind
-        if kind == "class-dependent":
-            epoch, stop = noise_rate_epoch(prefix, estimator="transition", margin=0.0)
-            if stop:
-                return epoch, prefix[-1]["epoch"]
-        elif kind == "symmetric" or rule.none_rule == "B":
-            kept, trained = _signal_verdict(prefix, PC33)
-            if trained < prefix[-1]["epoch"] or _stops(prefix, PC33):
-                return kept, prefix[-1]["epoch"]
-    kind = estimate_label_noise(finite).kind
-    if kind == "class-dependent":
-        return noise_rate_epoch(finite, estimator="transition")[0], last
-    if kind == "symmetric" or rule.none_rule == "B":
-        return _signal_verdict(finite, PC33)[0], last
-    return last, last
-
-
-def _stops(prefix: Sequence[dict[str, Any]], rule: Rule) -> bool:
-    sel = select_epoch(
-        {r["epoch"]: r[rule.signal] for r in prefix},
-        select_by=rule.signal,
-        window=rule.window,
-        patience=rule.patience,
-    )
-    return sel.stop
+    # auto: the trainer's own function, epoch by epoch (a stop ends the run there)
+    none_rule = "last" if rule.none_rule == "A" else "prediction_changes"
+    for i in range(1, len(finite) + 1):
+        verdict = auto_verdict(finite[:i], none_rule=none_rule)
+        if verdict.stop:
+            return verdict.epoch, finite[i - 1]["epoch"]
+    return verdict.epoch, last
 
 
 def _row(history: Sequence[dict[str, Any]], epoch: int) -> dict[str, Any]:

@@ -159,3 +159,75 @@ def test_a_noisy_training_run_names_its_noise(digits, shift: str, kind: str) -> 
     assert noise.kind == kind, noise
     assert 0.2 < noise.rate < 0.45, noise
     assert result.to_dict()["label_noise"]["kind"] == kind
+
+
+def _noisy_digits(digits, shift: str, rate: float = 0.3):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    y = digits.y_train.clone()
+    picked = torch.randperm(y.numel(), generator=gen)[: round(rate * y.numel())]
+    step = 1 if shift == "pairflip" else torch.randint(1, 10, (picked.numel(),), generator=gen)
+    y[picked] = (y[picked] + step) % 10
+    return dataclasses.replace(digits, y_train=y)
+
+
+@pytest.mark.parametrize("shift", ["pairflip", "uniform"])
+def test_select_by_auto_keeps_what_its_replay_keeps(digits, shift: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The trainer applies auto exactly as the analysis replays it (auto_verdict on the records
+    so far), stops where it says, and hands back the kept epoch's weights (their test accuracy
+    is the one recorded at that epoch); a resumed run keeps the same."""
+    from gainsearch.batteries.train import _evaluate, train_trial
+    from gainsearch.core.noise import auto_verdict
+
+    noisy = _noisy_digits(digits, shift)
+    config = {
+        "dataset": "digits",
+        "model": "digits_lenet",
+        "epochs": 20,
+        "lr": 0.1,
+        "seed": 0,
+        "select_by": "auto",
+        "eval_test": True,
+    }
+    result = train_trial(config, data=noisy)
+    history = result.history
+    for i in range(1, len(history) + 1):  # the replay, epoch by epoch
+        verdict = auto_verdict(history[:i])
+        if verdict.stop:
+            break
+    assert i == len(history)  # it stopped where the replay stops (or ran its budget)
+    assert result.selected_epoch == verdict.epoch
+    assert (result.status == "early_stopped") == verdict.stop
+    kept = history[verdict.epoch - 1]
+    _, acc = _evaluate(result.model, noisy.x_test, noisy.y_test, 256)
+    assert acc == pytest.approx(kept["test_acc"])
+    if shift == "pairflip":
+        assert verdict.kind == "class-dependent" and verdict.stop
+    # interrupted after 4 epochs and resumed: the same kept epoch and weights
+    ckpt = tmp_path / "ckpt.pt"
+    train_trial({**config, "epochs": 4}, data=noisy, checkpoint_path=ckpt)
+    resumed = train_trial(config, data=noisy, checkpoint_path=ckpt)
+    assert resumed.selected_epoch == result.selected_epoch
+    pairs = zip(
+        result.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
+    )
+    for a, b in pairs:
+        assert torch_equal(a, b)
+
+
+def torch_equal(a, b) -> bool:  # type: ignore[no-untyped-def]
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_select_by_auto_refuses_settings_it_fixes_itself() -> None:
+    from gainsearch.batteries.train import TrainConfig
+
+    with pytest.raises(ValueError, match=r"select_by='auto' picks its own rule.*patience=3"):
+        TrainConfig(select_by="auto", patience=3)
+    with pytest.raises(ValueError, match=r"needs 'prediction_changes' in signals"):
+        TrainConfig(select_by="auto", signals=["gain_trend"])

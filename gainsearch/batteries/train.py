@@ -41,8 +41,15 @@ from gainsearch.batteries.data import DATASETS, TensorData, load_dataset
 from gainsearch.batteries.models import check_model_name, create_model
 from gainsearch.core.features import DIVERGED, Diagnosis, diagnose
 from gainsearch.core.monitor import GainMonitor
-from gainsearch.core.noise import LabelNoise, estimate_label_noise, noise_record
-from gainsearch.core.selection import LAST, SIGNALS, Selection, check_selection, select_epoch
+from gainsearch.core.noise import LabelNoise, auto_verdict, estimate_label_noise, noise_record
+from gainsearch.core.selection import (
+    AUTO,
+    LAST,
+    SIGNALS,
+    Selection,
+    check_selection,
+    select_epoch,
+)
 from gainsearch.core.signals import (
     DISPARITY_BATCHES,
     changes_by_class,
@@ -238,7 +245,12 @@ class TrainConfig:
         ):
             fail("signals", "a list of distinct names from " + ", ".join(map(repr, SIGNALS)))
         check_selection(self.select_by, self.patience, self.select_window)
-        if self.select_by != LAST and self.select_by not in self.signals:
+        if self.select_by == AUTO and "prediction_changes" not in self.signals:
+            raise ValueError(
+                f"select_by='auto' needs 'prediction_changes' in signals (its symmetric-noise "
+                f"rule), but got signals={self.signals!r}."
+            )
+        if self.select_by not in (LAST, AUTO) and self.select_by not in self.signals:
             raise ValueError(
                 f"select_by={self.select_by!r} is not recorded by this trial: add it to signals "
                 f"(signals={self.signals!r}), or select by one of "
@@ -440,6 +452,7 @@ def train_trial(
     status, reason, start_epoch = COMPLETED, "", 1
     selected_epoch: int | None = None  # the selection rule's epoch, and its weights (not "last")
     kept_weights: dict[str, torch.Tensor] | None = None
+    held: dict[int, dict[str, torch.Tensor]] = {}  # weights the rule may still return to
     previous_predictions = None  # the last epoch's predicted class per training example
 
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
@@ -461,6 +474,9 @@ def train_trial(
         kept = state.get("selection") or {}
         selected_epoch = kept.get("epoch", start_epoch - 1)
         kept_weights = kept.get("model")
+        held = {int(e): w for e, w in (kept.get("held") or {}).items()}
+        if kept_weights is not None and selected_epoch is not None:
+            held.setdefault(int(selected_epoch), kept_weights)
         if kept.get("predictions") is not None:
             previous_predictions = kept["predictions"].numpy()
         logger.info("resumed %s at epoch %d (status %s)", ckpt, start_epoch, status)
@@ -485,6 +501,7 @@ def train_trial(
             "selection": {
                 "epoch": selected_epoch,
                 "model": kept_weights,
+                "held": {str(e): w for e, w in held.items()},
                 "predictions": (
                     torch.from_numpy(previous_predictions)
                     if previous_predictions is not None
@@ -561,11 +578,15 @@ def train_trial(
                 what = "training loss" if not math.isfinite(train_loss) else "gain"
                 status, reason = DIVERGED, f"{what} became non-finite at epoch {epoch}"
             else:  # a diverged epoch is never selected
-                selection = _select(cfg, history)
-                if cfg.select_by != LAST and selection.epoch == epoch:
-                    kept_weights = {
-                        k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
-                    }
+                selection, hold = _select(cfg, history)
+                if cfg.select_by != LAST:
+                    if epoch in hold:
+                        held[epoch] = {
+                            k: v.detach().to("cpu", copy=True)
+                            for k, v in model.state_dict().items()
+                        }
+                    held = {e: w for e, w in held.items() if e in hold}
+                    kept_weights = held.get(selection.epoch)
                 selected_epoch = selection.epoch
             record["selected_epoch"] = selected_epoch
             record["seconds"] = time.perf_counter() - started
@@ -593,7 +614,8 @@ def train_trial(
                 if stop:
                     status, reason = STOPPED, str(stop)
                 else:
-                    status, reason = EARLY_STOPPED, f"patience: {patience_ran_out}"
+                    rule = "auto" if cfg.select_by == AUTO else "patience"
+                    status, reason = EARLY_STOPPED, f"{rule}: {patience_ran_out}"
                 if ckpt is not None:
                     _atomic_save(state_now(epoch), ckpt)
                 break
@@ -780,14 +802,19 @@ def _disparity(
     return gradient_disparity(model, x, y, batch_size=batch, seed=cfg.seed * 100_003 + epoch)
 
 
-def _select(cfg: TrainConfig, history: Sequence[Mapping[str, Any]]) -> Selection:
-    """The selection rule over the records so far (diverged ones excluded by the caller)."""
+def _select(cfg: TrainConfig, history: Sequence[Mapping[str, Any]]) -> tuple[Selection, set[int]]:
+    """The selection rule over the records so far (diverged ones excluded by the caller), and
+    the epochs whose weights must still be held (the rule may return to any of them)."""
     if cfg.select_by == LAST:
-        return Selection(int(history[-1]["epoch"]), math.nan, False)
+        return Selection(int(history[-1]["epoch"]), math.nan, False), set()
+    if cfg.select_by == AUTO:
+        verdict = auto_verdict(history)
+        return Selection(verdict.epoch, math.nan, verdict.stop, verdict.reason), set(verdict.keep)
     values = {int(r["epoch"]): float(r.get(cfg.select_by, math.nan)) for r in history}
-    return select_epoch(
+    selection = select_epoch(
         values, select_by=cfg.select_by, window=cfg.select_window, patience=cfg.patience
     )
+    return selection, {selection.epoch}
 
 
 def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -901,8 +928,9 @@ def _train_epoch(
         if losses is not None and confidence is not None:
             with torch.no_grad():
                 detached = logits.detach().float()
-                losses[idx] = F.cross_entropy(detached, y[idx], reduction="none")
-                confidence[idx] = detached.softmax(dim=1).amax(dim=1)
+                log_p = detached.log_softmax(dim=1)
+                losses[idx] = -log_p.gather(1, y[idx, None]).squeeze(1)  # per-example CE
+                confidence[idx] = log_p.amax(dim=1).exp()
         if cfg.label_smoothing:
             with torch.no_grad():
                 plain = F.cross_entropy(logits.float(), y[idx])

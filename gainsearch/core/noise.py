@@ -390,3 +390,94 @@ def corrected_accuracy(accuracy: float, rate: float, num_classes: int) -> float:
     off = rate / (k - 1)
     denominator = 1.0 - rate - off
     return (accuracy - off) / denominator if denominator > 0 else accuracy
+
+
+#: ``select_by: auto``'s prediction-changes branch: trailing mean and patience (the measured form).
+AUTO_WINDOW, AUTO_PATIENCE = 3, 3
+#: What ``auto`` does where the labels look clean: keep the last epoch (``"last"``) or stop by
+#: prediction changes too (``"prediction_changes"``).
+AUTO_NONE_RULES = ("last", "prediction_changes")
+
+
+@dataclass(frozen=True)
+class AutoVerdict:
+    """``select_by: auto`` after the latest epoch (:func:`auto_verdict`).
+
+    Attributes:
+        epoch: The kept epoch (if training ended now, or where it stops).
+        stop: The governing rule says stop now.
+        reason: Why, in words (empty when it does not stop).
+        kind: The label-noise kind estimated so far, which picked the governing rule.
+        keep: Every epoch whose weights a trainer must still hold: the governing rule may
+            return to any of them later (at most three).
+    """
+
+    epoch: int
+    stop: bool
+    reason: str
+    kind: str
+    keep: frozenset[int]
+
+
+def _pc_verdicts(history: Sequence[Mapping[str, Any]]) -> tuple[int, int | None]:
+    """(The current prediction-changes selection, the kept epoch of its first stop or None)."""
+    from gainsearch.core.selection import select_epoch
+
+    values: dict[int, float] = {}
+    selected = int(history[-1]["epoch"])
+    for record in history:
+        values[int(record["epoch"])] = float(record.get("prediction_changes", math.nan))
+        sel = select_epoch(
+            values, select_by="prediction_changes", window=AUTO_WINDOW, patience=AUTO_PATIENCE
+        )
+        if sel.stop:
+            return sel.epoch, sel.epoch
+        selected = sel.epoch
+    return selected, None
+
+
+def auto_verdict(history: Sequence[Mapping[str, Any]], *, none_rule: str = "last") -> AutoVerdict:
+    """``select_by: auto``: the label-noise kind estimated so far picks the rule that governs.
+
+    * class-dependent: the noise-rate criterion (:func:`noise_rate_epoch`, the confident-half
+      rate, no margin): it stops where the training accuracy reaches ``1 - rate``;
+    * symmetric: prediction changes, trailing mean of ``AUTO_WINDOW``, patience
+      ``AUTO_PATIENCE`` (a stop already due under another kind counts at once);
+    * none: the last epoch (``none_rule="last"``) or prediction changes as for symmetric.
+
+    From epoch 2 on; causal (the records so far only). The protocol's candidates ``auto-A``
+    (``"last"``) and ``auto-B`` (``"prediction_changes"``).
+
+    Raises:
+        ValueError: an unknown ``none_rule`` or no epoch.
+    """
+    if none_rule not in AUTO_NONE_RULES:
+        raise ValueError(f"none_rule must be one of {AUTO_NONE_RULES}, but got {none_rule=}.")
+    if not history:
+        raise ValueError("auto_verdict needs at least one epoch.")
+    last = int(history[-1]["epoch"])
+    kind = estimate_label_noise(history).kind
+    pc_selected, pc_stop = _pc_verdicts(history)
+    nr_epoch, nr_met = noise_rate_epoch(history, estimator="transition", margin=0.0)
+    keep = frozenset({last, pc_selected} | ({nr_epoch} if nr_met else set()))
+    by_changes = kind == "symmetric" or (kind == "none" and none_rule == "prediction_changes")
+    if len(history) >= 2:
+        if kind == "class-dependent" and nr_met:
+            reason = (
+                f"class-dependent label noise: the training accuracy reached 1 - the estimated "
+                f"noise rate at epoch {nr_epoch} (noise-rate criterion)"
+            )
+            return AutoVerdict(nr_epoch, True, reason, kind, keep)
+        if by_changes and pc_stop is not None:
+            reason = (
+                f"{kind} label noise: prediction_changes (mean of {AUTO_WINDOW}) has not "
+                f"improved since epoch {pc_stop} (patience {AUTO_PATIENCE})"
+            )
+            return AutoVerdict(pc_stop, True, reason, kind, keep)
+    if kind == "class-dependent":
+        epoch = nr_epoch if nr_met else last
+    elif by_changes:
+        epoch = pc_selected
+    else:
+        epoch = last
+    return AutoVerdict(epoch, False, "", kind, keep)

@@ -33,6 +33,7 @@ from gainsearch.core.decision import Series, by_epoch
 from gainsearch.core.signals import moving_average
 
 __all__ = [
+    "AUTO",
     "LAST",
     "SELECT_BY",
     "SIGNALS",
@@ -62,8 +63,11 @@ SIGNALS: dict[str, str] = {
     ),
 }
 
-#: Every ``select_by``: the last epoch or a signal.
-SELECT_BY = (LAST, *SIGNALS)
+#: The label-noise diagnosis picks the rule per trial (:func:`gainsearch.core.noise.auto_verdict`).
+AUTO = "auto"
+
+#: Every ``select_by``: the last epoch, a signal, or ``auto``.
+SELECT_BY = (LAST, *SIGNALS, AUTO)
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,13 @@ def check_selection(select_by: object, patience: object, window: object) -> None
             f"patience={patience} needs a stopping signal to wait on: set select_by to one of "
             f"{', '.join(map(repr, SIGNALS))} (select_by='last' never stops early)."
         )
+    if select_by == AUTO and (patience is not None or window != 1):
+        raise ValueError(
+            f"select_by='auto' picks its own rule per trial (prediction changes with a window "
+            f"of 3 and patience 3 under symmetric noise, the noise-rate criterion under "
+            f"class-dependent noise, the last epoch for clean labels): leave patience and "
+            f"select_window unset, but got patience={patience!r}, select_window={window!r}."
+        )
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(
             f"select_window must be a positive integer (readings in the trailing mean, 1: the "
@@ -131,6 +142,11 @@ def select_epoch(
         ValueError: a bad setting, or no epoch at all.
     """
     check_selection(select_by, patience, window)
+    if select_by == AUTO:
+        raise ValueError(
+            "select_by='auto' reads whole records (gainsearch.core.noise.auto_verdict), not "
+            "one signal's curve."
+        )
     series = by_epoch(values)
     numbers = sorted(series) if series else sorted(int(e) for e in (epochs or ()))
     if not numbers:
