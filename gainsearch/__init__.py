@@ -58,6 +58,7 @@ __all__ = [
     "TrainConfig",
     "TrialResult",
     "TrialScoreConfig",
+    "TunedModel",
     "__version__",
     "compute_features",
     "create_model",
@@ -65,6 +66,7 @@ __all__ = [
     "diagnose",
     "evaluate",
     "list_models",
+    "load_best",
     "load_checkpoint",
     "load_dataset",
     "maximum_gain",
@@ -74,3 +76,12 @@ __all__ = [
     "train_trial",
     "trial_score",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``load_best`` and ``TunedModel`` (gainsearch.search.models) load on first use."""
+    if name in ("load_best", "TunedModel"):
+        from gainsearch.search import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'gainsearch' has no attribute {name!r}")

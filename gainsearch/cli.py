@@ -59,7 +59,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_gain, _add_train, _add_search, _add_report, _add_diagnose):
+    for add in (_add_gain, _add_train, _add_search, _add_report, _add_diagnose, _add_export):
         add(sub)
     return parser
 
@@ -145,6 +145,12 @@ def _add_search(sub: Any) -> None:
         default=0,
         help="re-queue a trial whose worker died, up to N times (optuna, needs --heartbeat)",
     )
+    search.add_argument(
+        "--keep",
+        default="1",
+        help="optuna: the best K complete trials keep their kept epoch's weights in "
+        "OUT/models/ (1: the best only), 'all' or 'none' (Ray keeps Tune's checkpoints)",
+    )
     search.add_argument("--data-root", help="override the spec's data_root")
     search.add_argument("--epochs", type=int, help="override the spec's epoch budget")
     search.add_argument(
@@ -208,6 +214,25 @@ def _add_report(sub: Any) -> None:
         "(default: the run's select_by, when it is not last)",
     )
     report.set_defaults(handler=_cmd_report)
+
+
+def _add_export(sub: Any) -> None:
+    """``gainsearch export``: the tuned model of a search as a plain state_dict."""
+    export = sub.add_parser("export", help="write a search's tuned model (the best trial's)")
+    export.add_argument("run", type=Path, help="the search's output directory (its --out)")
+    export.add_argument("--out", type=Path, required=True, help="the file to write, e.g. model.pt")
+    export.set_defaults(handler=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from gainsearch.search.models import export_best
+
+    try:
+        path = export_best(args.run, args.out)
+    except ValueError as err:
+        raise CliError(str(err)) from err
+    print(f"exported:    {path} (torch.load({str(path)!r}, weights_only=True): state_dict, config)")
+    return 0
 
 
 def _add_diagnose(sub: Any) -> None:
@@ -475,6 +500,8 @@ def _read_train_spec(path: Path) -> dict[str, Any]:
     data = read_yaml_mapping(path, what="--spec", expected="a mapping of training settings")
     if isinstance(data.get("train"), dict):
         data = data["train"]
+    elif isinstance(data.get("best"), dict) and isinstance(data["best"].get("config"), dict):
+        data = dict(data["best"]["config"])  # a search's best.json: its best trial's settings
     return data
 
 
@@ -512,6 +539,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         for flag, value, default in (
             ("--retry-failed", args.retry_failed, 0),
             ("--workers", args.workers, 1),
+            ("--keep", args.keep, "1"),
         )
         if value != default
     ]
@@ -568,7 +596,10 @@ def _search(args: argparse.Namespace, spec: Any) -> int:
 
         run = run_study
         kwargs.update(
-            workers=args.workers, heartbeat=args.heartbeat or None, retry_failed=args.retry_failed
+            workers=args.workers,
+            heartbeat=args.heartbeat or None,
+            retry_failed=args.retry_failed,
+            keep=args.keep,
         )
     _quiet_optuna(args)
     with _progress_bar(args) as progress, _stdout_for(args):
@@ -674,9 +705,29 @@ def _report_outcome(
         print(f"best trial:  #{top['number']} {top['params']} {top['values']} ({top['diagnosis']})")
     elif "pareto_front" in best:
         print(f"Pareto front: trials {[t['number'] for t in best['pareto_front']]}")
+    if top and top.get("label_noise"):
+        from gainsearch.core.noise import LabelNoise
+
+        noise = top["label_noise"]
+        _print_label_noise(
+            LabelNoise(
+                rate=float(noise["rate"]) if noise.get("rate") is not None else math.nan,
+                kind=str(noise["kind"]),
+                pairs=[tuple(p) for p in noise.get("pairs") or []],
+                epoch=noise.get("epoch"),
+                provisional=bool(noise.get("provisional")),
+            ),
+            "labels:      ",
+        )
     for line in where:
         print(line)
     print(f"results:     {args.out}/trials.csv, {args.out}/best.json, {args.out}/spec.yaml")
+    if top and top.get("model_file"):
+        print(
+            f"best model:  {args.out}/{top['model_file']} (load it: "
+            f"gainsearch.load_best({str(args.out)!r}); or `gainsearch export {args.out} --out "
+            "model.pt`)"
+        )
     if report:
         print(f"report:      {report}")
     if interrupted:

@@ -187,6 +187,9 @@ class LabelNoise:
             their given label there.
         concentration: The mass-weighted share of each class's wrong labels in its top two.
         p_value: The chi-square test of uniform wrong labels per class.
+        provisional: The estimate epoch is the last one read: the loss components were still
+            separating, so the network may not have learned the clean labels yet (train longer
+            before trusting the kind).
     """
 
     rate: float
@@ -197,11 +200,13 @@ class LabelNoise:
     disagreement: float = math.nan
     concentration: float = math.nan
     p_value: float = math.nan
+    provisional: bool = False
 
     @property
     def needs_split(self) -> bool:
-        """True where no validation-free rule is proven (class-dependent noise)."""
-        return self.kind == "class-dependent"
+        """True where no validation-free rule is proven (class-dependent noise, not
+        provisional)."""
+        return self.kind == "class-dependent" and not self.provisional
 
     def describe(self) -> str:
         """One line: ``~20 % symmetric (estimated at epoch 6)``, with the pairs if any."""
@@ -211,11 +216,14 @@ class LabelNoise:
         if self.kind == "class-dependent" and self.pairs:
             shown = ", ".join(f"{t}->{g} {100 * s:.0f} %" for t, g, s in self.pairs)
             text += f"; {shown}"
+        if self.provisional:
+            text += "; provisional: estimated at the last epoch, train longer to trust the kind"
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["pairs"] = [list(p) for p in self.pairs]
+        """Plain Python values (JSON, ``torch.load(weights_only=True)``)."""
+        out = {k: float(v) if isinstance(v, np.floating) else v for k, v in asdict(self).items()}
+        out["pairs"] = [[int(t), int(g), float(share)] for t, g, share in self.pairs]
         out["needs_split"] = self.needs_split
         return out
 
@@ -245,7 +253,7 @@ def _concentration(confusion: np.ndarray) -> tuple[float, float]:
         expected = per_class[p] / (k - 1)
         stat += float(((column - expected) ** 2).sum() / expected)
         dof += k - 2
-    return shares / total, float(chi2.sf(stat, dof)) if dof else math.nan
+    return float(shares / total), float(chi2.sf(stat, dof)) if dof else math.nan
 
 
 def _pairs(confusion: np.ndarray) -> list[tuple[int, int, float]]:
@@ -317,6 +325,7 @@ def estimate_label_noise(
         disagreement=disagreement,
         concentration=concentration,
         p_value=p_value,
+        provisional=best is records[-1] and separation(best) > -math.inf,
     )
 
 

@@ -14,7 +14,7 @@ import io
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,9 @@ CSV_TAIL = (
     "diagnosis",
     "prune_reason",
     "stop_reason",
+    "noise_rate",
+    "noise_kind",
+    "model_file",
     "test_acc",
 )
 
@@ -81,6 +84,11 @@ class TrialRow:
             epoch with ``select_by: last``). ``value`` is the trial score at this epoch.
         stop_reason: Why a trial that completed stopped before its budget (patience ran out).
         signals: The stopping signals per epoch (``None`` where non-finite or not recorded).
+        label_noise: The trial's label-noise diagnosis
+            (:meth:`gainsearch.core.noise.LabelNoise.to_dict`: rate, kind, pairs, ...).
+        model_file: The file with the kept epoch's weights, relative to the run directory
+            (Optuna: ``models/trial_N.pt``, as ``keep`` allows; Ray: the trial's latest Tune
+            checkpoint, whose kept weights :func:`gainsearch.load_best` reads); empty when none.
     """
 
     number: int
@@ -108,12 +116,25 @@ class TrialRow:
     selected_epoch: int | None = None
     stop_reason: str = ""
     signals: dict[str, list[float | None]] = field(default_factory=dict)
+    label_noise: dict[str, Any] | None = None
+    model_file: str = ""
 
     def __post_init__(self) -> None:  # one form for a missing reading: None (as in JSON)
         self.gain_curve = [_finite_or_none(v) for v in self.gain_curve]
         self.train_loss = [_finite_or_none(v) for v in self.train_loss]
         self.value_curve = [_finite_or_none(v) for v in self.value_curve]
         self.signals = {k: [_finite_or_none(v) for v in vs] for k, vs in self.signals.items()}
+
+    @property
+    def noise_rate(self) -> float | None:
+        """The estimated label-noise rate (``None`` if not recorded)."""
+        rate = (self.label_noise or {}).get("rate")
+        return _finite_or_none(rate)
+
+    @property
+    def noise_kind(self) -> str:
+        """``none``, ``symmetric`` or ``class-dependent`` (empty if not recorded)."""
+        return str((self.label_noise or {}).get("kind") or "")
 
     @property
     def final_gain(self) -> float | None:
@@ -152,7 +173,7 @@ class TrialRow:
     def csv_cells(self, param_names: Sequence[str]) -> list[Any]:
         """This row in ``trials.csv``: number, state, parameters, then :data:`CSV_TAIL`."""
         value = self.value if self.value is not None else self.values
-        tail = [value if key == "value" else self[key] for key in CSV_TAIL]
+        tail = [value if key == "value" else getattr(self, key) for key in CSV_TAIL]
         return [self.number, self.state, *[self.params.get(p, "") for p in param_names], *tail]
 
     def best_entry(self, metrics: Sequence[str], config: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +187,8 @@ class TrialRow:
             values=dict(zip(metrics, values, strict=True)),
             selected_epoch=self.selected_epoch,
             diagnosis=self.diagnosis,
+            label_noise=self.label_noise,
+            model_file=self.model_file,
             config=config,
         )
         return entry
@@ -204,6 +227,11 @@ def write_results(
     ``best.json`` and ``spec.yaml`` in ``out`` (each written atomically)."""
     import yaml
 
+    # a kept-weights file pruned since (keep: the best k only) is named nowhere
+    rows = [
+        r if not r.model_file or (out / r.model_file).exists() else replace(r, model_file="")
+        for r in rows
+    ]
     param_names = sorted({k for r in rows for k in r.params})
     table = io.StringIO(newline="")
     writer = csv.writer(table)

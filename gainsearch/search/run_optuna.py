@@ -36,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from gainsearch.batteries.data import TensorData, load_dataset
 from gainsearch.batteries.train import EpochContext, TrainConfig, train_trial
 from gainsearch.integrations.optuna import report_gain
+from gainsearch.search.models import MODELS_DIR, check_keep, prune_models, save_trial_model
 from gainsearch.search.results import (
     Outcome,
     check_out_dir,
@@ -69,11 +70,19 @@ class GainObjective:
     """
 
     def __init__(
-        self, spec: ExperimentSpec, *, data: TensorData | None = None, eval_test: bool = False
+        self,
+        spec: ExperimentSpec,
+        *,
+        data: TensorData | None = None,
+        eval_test: bool = False,
+        models_dir: Path | None = None,
+        keep: int | None = 1,
     ) -> None:
         self.spec = spec
         self.eval_test = eval_test
         self._data = data
+        self.models_dir = models_dir
+        self.keep = keep
 
     @property
     def data(self) -> TensorData:
@@ -126,6 +135,11 @@ class GainObjective:
             config, data=self.data, callbacks=[on_epoch], stop_event=_stop_requested
         )
         trial.set_user_attr("status", result.status)  # a diverged trial was pruned by on_epoch
+        trial.set_user_attr("label_noise", finite_json(result.label_noise.to_dict()))
+        if self.models_dir is not None and self.keep != 0:  # the kept epoch's weights
+            path = self.models_dir / f"trial_{trial.number}.pt"
+            save_trial_model(path, result, trial.number)
+            trial.set_user_attr("model_file", f"{MODELS_DIR}/{path.name}")
         # the kept checkpoint's value(s): the last epoch's with select_by "last"
         return reported.get(result.selected_epoch or 0, reported[max(reported)])
 
@@ -209,6 +223,8 @@ def _optimize(
     retry_failed: int = 0,
     on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     waiting: Callable[[int], None] | None = None,
+    models_dir: str | None = None,
+    keep: int | None = 1,
 ) -> None:
     """One worker: run trials until the study has ``n_trials`` finished ones or time is up,
     then settle the trials still running (:func:`_settle_running`): none of a dead worker's
@@ -217,8 +233,14 @@ def _optimize(
     study = create_study(
         spec, storage, study_name=study_name, heartbeat=heartbeat, retry_failed=retry_failed
     )
-    objective = GainObjective(spec, eval_test=eval_test)
-    callbacks = [on_trial] if on_trial else []
+    models = Path(models_dir) if models_dir is not None else None
+    objective = GainObjective(spec, eval_test=eval_test, models_dir=models, keep=keep)
+
+    def prune(s: optuna.Study, _: FrozenTrial) -> None:
+        if models is not None:
+            prune_models(s, models, keep)
+
+    callbacks = [prune, *([on_trial] if on_trial else [])]
     while True:
         _check_stop()
         if deadline is not None and _now() >= deadline:
@@ -298,6 +320,7 @@ def run_study(
     heartbeat: int | None = 10,
     retry_failed: int = 0,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    keep: int | str | None = 1,
 ) -> StudyOutcome:
     """Run (or resume) a study until it holds ``n_trials`` finished trials.
 
@@ -321,8 +344,12 @@ def run_study(
         retry_failed: Re-queue a trial marked failed that way, with the same parameters, up to
             this many times (needs ``heartbeat``).
         progress: Called with counts (``done``, ``pruned``, ``running``, ``best``) as trials end.
+        keep: The best ``keep`` complete trials keep their kept epoch's weights in
+            ``OUT/models/trial_N.pt`` (default 1: the best only); ``"all"``; ``0`` or
+            ``"none"``: none (:mod:`gainsearch.search.models`).
     """
     _check_run_args(n_trials, timeout, workers, heartbeat)
+    kept = check_keep(keep)
     if isinstance(retry_failed, bool) or not isinstance(retry_failed, int) or retry_failed < 0:
         raise ValueError(f"retry_failed must be a non-negative integer, but got {retry_failed=}.")
     if retry_failed and not heartbeat:
@@ -337,6 +364,7 @@ def run_study(
         make_storage(storage, heartbeat=None)
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    models = str((out / MODELS_DIR).resolve())
     study = create_study(spec, url, study_name=name, heartbeat=heartbeat, retry_failed=retry_failed)
     check_same_space(study, spec)
     deadline = _now() + timeout if timeout else None
@@ -366,10 +394,25 @@ def run_study(
                     retry_failed,
                     on_trial,
                     waiting,
+                    models,
+                    kept,
                 )
             else:
                 interrupted = _run_workers(
-                    (spec, url, name, n_trials, deadline, eval_test, heartbeat, retry_failed),
+                    (
+                        spec,
+                        url,
+                        name,
+                        n_trials,
+                        deadline,
+                        eval_test,
+                        heartbeat,
+                        retry_failed,
+                        None,
+                        None,
+                        models,
+                        kept,
+                    ),
                     workers,
                     study,
                     progress,

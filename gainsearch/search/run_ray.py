@@ -26,6 +26,7 @@ from typing import Any
 
 from gainsearch.batteries.train import EpochContext, TrainConfig, train_trial
 from gainsearch.core.features import DIVERGED
+from gainsearch.core.noise import estimate_label_noise
 from gainsearch.core.objective import ScoreConfig, TrialScoreConfig
 from gainsearch.integrations.ray import (
     SCORE,
@@ -34,7 +35,14 @@ from gainsearch.integrations.ray import (
     GainScheduler,
     gain_metrics,
 )
-from gainsearch.search.results import Outcome, TrialRow, check_out_dir, write_results
+from gainsearch.search.models import ray_model_file
+from gainsearch.search.results import (
+    Outcome,
+    TrialRow,
+    check_out_dir,
+    finite_json,
+    write_results,
+)
 from gainsearch.search.spaces import ExperimentSpec, read_yaml_mapping, spec_differences
 from gainsearch.search.study import (
     check_same_space,
@@ -138,6 +146,8 @@ def gain_trainable(config: dict[str, Any]) -> None:
             }
             if ctx.selection is not None and ctx.selection.stop:
                 extra["stop_reason"] = f"patience: {ctx.selection.reason}"
+            noise = estimate_label_noise(ctx.history)  # a string: Tune flattens dicts
+            extra["label_noise"] = json.dumps(finite_json(noise.to_dict()))
             if ctx.epoch == train_config.epochs and not ctx.diverged:  # the report's figure
                 extra["spectrum"] = ctx.monitor.spectrum(ctx.model)
             if train_config.eval_test:  # evaluation only: the scheduler never reads these
@@ -569,7 +579,9 @@ class _Run:
 
     def finish(self, grid: Any, n_trials: int, client_mode: bool) -> RayOutcome:
         """The rows, the best trial and the result files of a fitted grid."""
-        rows = result_rows(grid, self.spec, self.budget, client_mode=client_mode)
+        rows = result_rows(
+            grid, self.spec, self.budget, client_mode=client_mode, out=Path(self.out)
+        )
         if self.study is not None:  # the study holds every trial as it ended, as on Optuna
             write_trials(self.study, rows, self.spec)
         best = _best(rows, self.spec, self.train)
@@ -764,8 +776,20 @@ def _quiet_expected_warnings(*patterns: str) -> Iterator[None]:
             target.removeFilter(drop)
 
 
+def _json_or_none(text: Any) -> Any:
+    try:
+        return json.loads(text) if isinstance(text, str) and text else None
+    except ValueError:
+        return None
+
+
 def result_rows(
-    grid: Any, spec: ExperimentSpec, budget: int, *, client_mode: bool = False
+    grid: Any,
+    spec: ExperimentSpec,
+    budget: int,
+    *,
+    client_mode: bool = False,
+    out: Path | None = None,
 ) -> list[TrialRow]:
     """One row per trial, as on the Optuna back end.
 
@@ -832,6 +856,14 @@ def result_rows(
                 config=config,
                 selected_epoch=selected,
                 stop_reason=str(metrics.get("stop_reason") or ""),
+                label_noise=_json_or_none(metrics.get("label_noise")),
+                model_file=(
+                    ray_model_file(
+                        result.checkpoint.path if result.checkpoint else None, out, CHECKPOINT_FILE
+                    )
+                    if state == "complete"
+                    else ""
+                ),
                 signals={
                     name: [
                         _series(result.metrics_dataframe, name).get(e)

@@ -259,6 +259,8 @@ _ROW_ATTRS = (
     "selected_epoch",
     "stop_reason",
     "signals",
+    "label_noise",
+    "model_file",
 )
 #: A row's state -> the trial state it is recorded in. An interrupted Ray trial is recorded as
 #: the Optuna back end records one: failed (the resumed run finishes it as a new trial).
