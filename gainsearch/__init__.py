@@ -36,6 +36,7 @@ from gainsearch.core.features import (
 from gainsearch.core.monitor import GainMonitor, GainReading
 from gainsearch.core.objective import ScoreConfig, TrialScoreConfig, trial_score
 from gainsearch.core.spectral import GainResult, maximum_gain
+from gainsearch.search.models import TunedModel, load_best
 
 __version__ = "0.1.0"
 
@@ -76,12 +77,3 @@ __all__ = [
     "train_trial",
     "trial_score",
 ]
-
-
-def __getattr__(name: str) -> object:
-    """``load_best`` and ``TunedModel`` (gainsearch.search.models) load on first use."""
-    if name in ("load_best", "TunedModel"):
-        from gainsearch.search import models
-
-        return getattr(models, name)
-    raise AttributeError(f"module 'gainsearch' has no attribute {name!r}")

@@ -23,15 +23,16 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 import torch
-from optuna.trial import TrialState
 from torch import nn
 
 from gainsearch.batteries.train import TrainConfig, TrialResult, _build_model, model_from_checkpoint
 from gainsearch.search.results import TrialRow
+
+if TYPE_CHECKING:
+    import optuna
 
 __all__ = ["MODELS_DIR", "TunedModel", "check_keep", "export_best", "load_best"]
 
@@ -82,6 +83,9 @@ def save_trial_model(path: Path, result: TrialResult, number: int) -> None:
 def prune_models(study: optuna.Study, folder: Path, keep: int | None) -> None:
     """Delete the kept-weights files of finished trials outside the best ``keep`` complete ones
     (a running trial's file is never touched: another worker may be writing it)."""
+    import optuna
+    from optuna.trial import TrialState
+
     if keep is None or not folder.is_dir():
         return
     trials = study.get_trials(deepcopy=False)
