@@ -15,6 +15,9 @@ name               source
 ``fashion_mnist``  the same IDX layout (``root/FashionMNIST/raw`` also searched).
 ``cifar10``        ``root/cifar-10-batches-py`` (or ``root`` itself): ``data_batch_1..5``,
                    ``test_batch``.
+``npz``            your own data: ``root`` is a ``.npz`` file with ``x_train``, ``y_train``,
+                   ``x_test``, ``y_test`` (images ``(N, C, H, W)`` or ``(N, H, W)``, integer
+                   labels ``0..K-1``).
 =================  =========================================================================
 
 ``download=True`` fetches MNIST, Fashion-MNIST or CIFAR-10 into ``root`` with torchvision
@@ -328,9 +331,80 @@ def _download(torchvision_name: str, folder: Path) -> None:
 
 
 #: Loader for each data set name: ``loader(root, download) -> TensorData``.
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _load_npz(root: str | Path | None, download: bool) -> TensorData:
+    """Your own data: a ``.npz`` file (``data_root``) with ``x_train``, ``y_train``, ``x_test``,
+    ``y_test``; images ``(N, C, H, W)`` or ``(N, H, W)``, any numeric type; integer labels in
+    ``0..K-1``. Read with ``allow_pickle=False`` (arrays only)."""
+    if root is None:
+        raise DataError(
+            "dataset 'npz' needs data_root: the path of a .npz file with the arrays "
+            f"{', '.join(NPZ_KEYS)}."
+        )
+    path = Path(root)
+    if not path.is_file():
+        raise DataError(f"data_root {str(path)!r}: no such .npz file (dataset 'npz').")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in NPZ_KEYS if k not in archive.files]
+            if missing:
+                raise DataError(
+                    f"{path}: missing array(s) {missing}; a dataset 'npz' file holds "
+                    f"{', '.join(NPZ_KEYS)} (it has {sorted(archive.files)})."
+                )
+            arrays = {k: archive[k] for k in NPZ_KEYS}
+    except DataError:
+        raise
+    except Exception as err:  # not a zip, a pickled object array, a truncated file
+        raise DataError(
+            f"{path}: not a readable .npz of plain arrays ({type(err).__name__}: {err})."
+        ) from None
+    images = {}
+    for key in ("x_train", "x_test"):
+        x = arrays[key]
+        if x.ndim == 3:
+            x = x[:, None, :, :]
+        if x.ndim != 4 or not np.issubdtype(x.dtype, np.number):
+            raise DataError(
+                f"{path}: {key} has shape {arrays[key].shape} and dtype {arrays[key].dtype}; "
+                "expected numeric images (N, C, H, W) or (N, H, W)."
+            )
+        images[key] = x
+    if images["x_train"].shape[1:] != images["x_test"].shape[1:]:
+        raise DataError(
+            f"{path}: x_train images are {images['x_train'].shape[1:]} but x_test images are "
+            f"{images['x_test'].shape[1:]}; both splits need one shape."
+        )
+    for xs, ys in (("x_train", "y_train"), ("x_test", "y_test")):
+        y = arrays[ys]
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(
+                f"{path}: {ys} has shape {y.shape} and dtype {y.dtype}; expected integer "
+                "labels, one per image."
+            )
+        if y.shape[0] != images[xs].shape[0]:
+            raise DataError(
+                f"{path}: {xs} holds {images[xs].shape[0]} images but {ys} {y.shape[0]} labels."
+            )
+        if y.size and y.min() < 0:
+            raise DataError(f"{path}: {ys} has label {int(y.min())}; labels are 0..K-1.")
+    k = int(arrays["y_train"].max()) + 1 if arrays["y_train"].size else 0
+    if arrays["y_test"].size and int(arrays["y_test"].max()) >= k:
+        raise DataError(
+            f"{path}: y_test has label {int(arrays['y_test'].max())}, but y_train's classes "
+            f"are 0..{k - 1}: every test class must be in the training set."
+        )
+    if arrays["y_train"].size == 0 or k < 2:
+        raise DataError(f"{path}: y_train needs at least two classes, got {k}.")
+    return _finish("npz", images["x_train"], arrays["y_train"], images["x_test"], arrays["y_test"])
+
+
 DATASETS: dict[str, Callable[[str | Path | None, bool], TensorData]] = {
     "digits": _load_digits,
     "mnist": _idx_loader("mnist", "MNIST"),
     "fashion_mnist": _idx_loader("fashion_mnist", "FashionMNIST"),
     "cifar10": _load_cifar10,
+    "npz": _load_npz,
 }

@@ -1,0 +1,102 @@
+"""Your own data by path (issue 29): dataset 'npz', on the CLI and both back ends; its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gainsearch.batteries.data import DataError, load_dataset
+from gainsearch.cli import main
+
+
+def _write(path: Path, **overrides: np.ndarray) -> Path:
+    rng = np.random.default_rng(0)
+    y = np.arange(120) % 3
+    x = rng.normal(size=(120, 8, 8)).astype(np.float32) + y[:, None, None]  # learnable
+    arrays = {"x_train": x[:90], "y_train": y[:90], "x_test": x[90:], "y_test": y[90:]}
+    arrays.update(overrides)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_an_npz_loads_normalised_with_channels(tmp_path: Path) -> None:
+    data = load_dataset("npz", _write(tmp_path / "d.npz"))
+    assert data.x_train.shape == (90, 1, 8, 8) and data.num_classes == 3
+    assert abs(float(data.x_train.mean())) < 1e-5  # normalised with the training statistics
+    assert data.y_test.tolist() == (np.arange(120) % 3)[90:].tolist()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"y_test": None}, r"missing array\(s\) \['y_test'\]"),
+        ({"y_train": np.arange(89) % 3}, r"x_train holds 90 images but y_train 89 labels"),
+        ({"y_test": np.full(30, 7)}, r"y_test has label 7, but y_train's classes are 0..2"),
+        ({"y_train": (np.arange(90) % 3).astype(float)}, r"expected integer labels"),
+        ({"x_test": np.zeros((30, 1, 4, 4))}, r"both splits need one shape"),
+    ],
+)
+def test_bad_npz_files_get_one_line_errors(tmp_path: Path, overrides: dict, message: str) -> None:
+    path = tmp_path / "bad.npz"
+    if overrides.get("y_test", 0) is None:
+        rng = np.random.default_rng(0)
+        np.savez(
+            path,
+            x_train=rng.normal(size=(9, 8, 8)),
+            y_train=np.arange(9) % 3,
+            x_test=rng.normal(size=(3, 8, 8)),
+        )
+    else:
+        _write(path, **overrides)
+    with pytest.raises(DataError, match=message):
+        load_dataset("npz", path)
+    (tmp_path / "junk.npz").write_text("not a zip")
+    with pytest.raises(DataError, match=r"junk.npz: not a readable .npz"):
+        load_dataset("npz", tmp_path / "junk.npz")
+    with pytest.raises(DataError, match=r"needs data_root"):
+        load_dataset("npz", None)
+
+
+@pytest.mark.parametrize("backend", ["optuna", "ray"])
+def test_a_search_on_an_npz_runs_on_both_back_ends(tmp_path: Path, backend: str) -> None:
+    if backend == "ray":
+        pytest.importorskip("ray.tune")
+    path = _write(tmp_path / "own.npz")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: own\n"
+        f"train: {{dataset: npz, data_root: {path}, model: digits_lenet, epochs: 2}}\n"
+        "search:\n  lr: {type: float, low: 0.01, high: 0.1, log: true}\n"
+        "pruner: {type: none}\n"
+    )
+    out = tmp_path / "out"
+    if backend == "ray":  # in this process (the CLI's stdout under pytest does not pickle)
+        from gainsearch.search.run_ray import run_tuner
+        from gainsearch.search.spaces import load_spec
+
+        run_tuner(load_spec(spec), out_dir=out, n_trials=2, max_concurrent=1)
+    else:
+        args = ["search", str(spec), "--trials", "2", "--out", str(out), "--quiet", "--no-report"]
+        assert main(args) == 0
+    best = json.loads((out / "best.json").read_text())["best"]
+    assert best["config"]["dataset"] == "npz" and best["model_file"]
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "npz",
+                "--data-root",
+                str(path),
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "t"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
