@@ -147,6 +147,10 @@ class TrainConfig:
         patience: Stop once ``select_by`` has not improved for this many epochs; ``None``
             (default): train the whole budget.
         select_window: Readings in the trailing mean of ``select_by`` (1: the raw signal).
+        threads: Torch threads for this trial (``torch.set_num_threads`` in its process);
+            ``None`` (default): the back end's (Optuna: the cores divided by the workers; Ray:
+            the trial's CPUs; ``gainsearch train``: torch's own). Results change in their last
+            digits with the thread count and the machine.
     """
 
     dataset: str = "digits"
@@ -177,6 +181,7 @@ class TrainConfig:
     select_by: str = LAST
     patience: int | None = None
     select_window: int = 1
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         def fail(name: str, allowed: str) -> None:
@@ -187,6 +192,10 @@ class TrainConfig:
                 f"Unknown dataset {self.dataset!r}; available datasets are {sorted(DATASETS)}."
             )
         check_model_name(self.model)
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            fail("threads", "a positive integer (torch threads) or None (the back end's default)")
         if not isinstance(self.model_args, dict) or not all(
             isinstance(k, str) for k in self.model_args
         ):
@@ -431,6 +440,8 @@ def train_trial(
     data = data if data is not None else load_dataset(cfg.dataset, cfg.data_root)
     if data.name != cfg.dataset:
         raise ValueError(f"data is {data.name!r} but config.dataset={cfg.dataset!r}.")
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = _build_model(cfg, data.in_shape, data.num_classes).to(device)
@@ -979,7 +990,9 @@ def _check_resumable(state: dict[str, Any], cfg: TrainConfig, path: Path) -> Non
     # default (a constant-rate SGD checkpoint resumes as such)
     saved = {**TrainConfig().to_dict(), **state["config"]}
     current = cfg.to_dict()
-    differ = sorted(k for k in current if k != "epochs" and saved.get(k) != current[k])
+    differ = sorted(
+        k for k in current if k not in ("epochs", "threads") and saved.get(k) != current[k]
+    )
     if differ:
         pairs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in differ)
         raise ValueError(

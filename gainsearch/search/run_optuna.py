@@ -77,8 +77,10 @@ class GainObjective:
         eval_test: bool = False,
         models_dir: Path | None = None,
         keep: int | None = 1,
+        threads: int | None = None,
     ) -> None:
         self.spec = spec
+        self.threads = threads
         self.eval_test = eval_test
         self._data = data
         self.models_dir = models_dir
@@ -93,7 +95,10 @@ class GainObjective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         params = self.spec.suggest(trial)
-        config = self.spec.train_config({**params, "eval_test": self.eval_test})
+        extra: dict[str, Any] = {"eval_test": self.eval_test}
+        if self.threads is not None and self.spec.train.get("threads") is None:
+            extra["threads"] = self.threads  # the back end's default, recorded in the config
+        config = self.spec.train_config({**params, **extra})
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         metrics = self.spec.metrics
@@ -225,6 +230,7 @@ def _optimize(
     waiting: Callable[[int], None] | None = None,
     models_dir: str | None = None,
     keep: int | None = 1,
+    threads: int | None = None,
 ) -> None:
     """One worker: run trials until the study has ``n_trials`` finished ones or time is up,
     then settle the trials still running (:func:`_settle_running`): none of a dead worker's
@@ -234,7 +240,9 @@ def _optimize(
         spec, storage, study_name=study_name, heartbeat=heartbeat, retry_failed=retry_failed
     )
     models = Path(models_dir) if models_dir is not None else None
-    objective = GainObjective(spec, eval_test=eval_test, models_dir=models, keep=keep)
+    objective = GainObjective(
+        spec, eval_test=eval_test, models_dir=models, keep=keep, threads=threads
+    )
 
     def prune(s: optuna.Study, _: FrozenTrial) -> None:
         if models is not None:
@@ -363,6 +371,11 @@ def run_study(
     if storage is not None:  # a storage elsewhere: a bad URL is refused before OUT is made
         make_storage(storage, heartbeat=None)
     out.mkdir(parents=True, exist_ok=True)
+    # the trials' torch threads: torch's count (the cores, or OMP_NUM_THREADS) divided by the
+    # workers; a spec's threads wins. Recorded in every trial's config.
+    import torch
+
+    threads = max(1, torch.get_num_threads() // workers)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     models = str((out / MODELS_DIR).resolve())
     study = create_study(spec, url, study_name=name, heartbeat=heartbeat, retry_failed=retry_failed)
@@ -396,6 +409,7 @@ def run_study(
                     waiting,
                     models,
                     kept,
+                    threads,
                 )
             else:
                 interrupted = _run_workers(
@@ -412,6 +426,7 @@ def run_study(
                         None,
                         models,
                         kept,
+                        threads,
                     ),
                     workers,
                     study,
@@ -433,7 +448,7 @@ def _run_workers(
 ) -> bool:
     """Run ``workers`` processes of :func:`_optimize` on one storage; True if interrupted."""
     ctx = multiprocessing.get_context("spawn")
-    os.environ["GAINSEARCH_WORKER_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    os.environ["GAINSEARCH_WORKER_THREADS"] = str(worker_args[-1])
     procs = [
         ctx.Process(
             target=_worker_main,

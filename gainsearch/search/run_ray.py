@@ -115,6 +115,8 @@ def gain_trainable(config: dict[str, Any]) -> None:
     fixed = dict(config.get(GAINSEARCH_KEY, {}))
     params = {k: v for k, v in config.items() if k != GAINSEARCH_KEY}
     settings = {**fixed.get("train", {}), **params}
+    if settings.get("threads") is None and fixed.get("threads"):
+        settings["threads"] = int(fixed["threads"])  # recorded in the trial's config
     if fixed.get("eval_test"):
         settings["eval_test"] = True
     if fixed.get("use_gpu"):
@@ -530,7 +532,14 @@ def run_tuner(
                 max_concurrent,
                 max_failures,
                 tune.with_resources(gain_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
-                {**spec.to_ray(), GAINSEARCH_KEY: run.fixed(eval_test, gpus_per_trial > 0)},
+                {
+                    **spec.to_ray(),
+                    GAINSEARCH_KEY: {
+                        **run.fixed(eval_test, gpus_per_trial > 0),
+                        # torch threads: the trial's CPUs (a spec's threads wins)
+                        "threads": max(1, int(cpus_per_trial)),
+                    },
+                },
                 reuse_actors,
             )
             previous = signal.signal(signal.SIGTERM, _stop_gracefully)
@@ -891,6 +900,9 @@ def _config_of(spec: ExperimentSpec, config: dict[str, Any]) -> dict[str, Any] |
     """The trial's resolved training configuration (as the Optuna back end stores it)."""
     try:
         params = {k: v for k, v in config.items() if k != GAINSEARCH_KEY}
+        threads = (config.get(GAINSEARCH_KEY) or {}).get("threads")
+        if threads and spec.train.get("threads") is None:
+            params["threads"] = int(threads)  # what the trial ran with
         return spec.train_config(params).to_dict()
     except (ValueError, TypeError):
         return None
