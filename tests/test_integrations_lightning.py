@@ -276,7 +276,7 @@ class IndexedTiny(Tiny):
 def test_lightning_early_stopping_and_checkpoint_work_on_prediction_changes(
     digits: TensorData, tmp_path: Path, window: int
 ) -> None:
-    from gainsearch.core.signals import Indexed, moving_average
+    from gainsearch.core.signals import Indexed, gain_variability
 
     data = Indexed(TensorDataset(digits.x_train[:512], digits.y_train[:512]))
     train = DataLoader(
@@ -290,6 +290,7 @@ def test_lightning_early_stopping_and_checkpoint_work_on_prediction_changes(
         monitor="prediction_changes", mode="min", save_top_k=1, dirpath=tmp_path / "ckpt"
     )
     logged: list[float] = []
+    variability: dict[int, float] = {}
     direct: list[float] = []
     predictions: list[dict[int, int]] = [{}]
 
@@ -302,6 +303,8 @@ def test_lightning_early_stopping_and_checkpoint_work_on_prediction_changes(
 
         def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
             logged.append(float(trainer.callback_metrics["prediction_changes"]))
+            if "gain_variability" in trainer.callback_metrics:
+                variability[len(logged)] = float(trainer.callback_metrics["gain_variability"])
             if len(predictions) > 1:
                 before, now = predictions[-2], predictions[-1]
                 direct.append(float(sum(before[i] != now[i] for i in now)))
@@ -312,8 +315,18 @@ def test_lightning_early_stopping_and_checkpoint_work_on_prediction_changes(
     fit.fit(IndexedTiny(0.1), train)
     assert 0 < stop.stopped_epoch < 39  # stopped by Lightning's EarlyStopping, on our signal
     assert logged[0] == 512.0  # the first epoch: every example counts as changed
-    smooth = moving_average([math.nan, *direct], window)  # the built-in rule's; logged in float32
-    assert logged[1:] == pytest.approx(list(smooth[1:]), rel=1e-6) and min(logged) >= 0
+    # the built-in rule's trailing mean, written out here (logged in float32)
+    smooth = [
+        sum(direct[max(0, i - window + 1) : i + 1]) / len(direct[max(0, i - window + 1) : i + 1])
+        for i in range(len(direct))
+    ]
+    assert logged[1:] == pytest.approx(smooth, rel=1e-6) and min(logged) >= 0
+    # the gain's signal is logged smoothed the same way (issue 30: it was logged raw)
+    raw = gain_variability(callback.monitor.gains)
+    assert len(variability) >= 3
+    for e, value in variability.items():
+        tail = [v for v in raw[max(0, e - window) : e] if not math.isnan(v)]
+        assert value == pytest.approx(sum(tail) / len(tail), rel=1e-5), e
     best = min(range(len(logged)), key=lambda i: (logged[i], i))
     assert len(logged) - 1 - best == 2  # patience 2, counted from the best epoch
     assert float(keep.best_model_score) == logged[best]
