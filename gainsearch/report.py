@@ -62,6 +62,9 @@ FIGURES = {
     "features": "Features of each trial's gain curve (last 5 epochs) against the searched "
     "parameters.",
     "diagnosis": "Diagnosis of each trial's gain curve against {param}.",
+    "labels": "The best trial's training labels against its predictions (the confident half of "
+    "each predicted class, at the label-noise estimate epoch): off the diagonal, the given labels "
+    "the network disagrees with; concentrated cells are class-dependent noise.",
     "spectrum": "Amplitude spectrum of the data derivative of the best trial's final network "
     "around the impulse (winning class, per channel, zero frequency centred; x marks the "
     "maximum, the Maximum Gain).",
@@ -603,6 +606,25 @@ def plot_diagnosis(run: RunData) -> Figure:
     return fig
 
 
+def plot_labels(noise: Mapping[str, Any]) -> Figure:
+    """The label-noise confusion of a trial (its ``label_noise``): given label (rows) against
+    predicted class (columns), share of each predicted class, with the diagnosis as the title."""
+    counts = np.asarray(noise["confusion"], dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=0, keepdims=True), 1.0)
+    k = counts.shape[0]
+    fig, axes = _figure(5.2, 4.6)
+    ax = axes[0, 0]
+    image = ax.imshow(shares, cmap="viridis", vmin=0.0, vmax=1.0)
+    ax.set(xlabel="predicted class (about the true one)", ylabel="given label")
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    rate = noise.get("rate")
+    rate_text = f"~{100 * float(rate):.0f} % " if rate is not None else ""
+    ax.set_title(f"label noise: {rate_text}{noise.get('kind', '')}", fontsize=10)
+    fig.colorbar(image, ax=ax, label="share of the predicted class")
+    return fig
+
+
 # --------------------------------------------------------------------------------------------
 # the report
 
@@ -636,6 +658,9 @@ def write_report(
                 f"Maximum Gain {spectrum['gain']:.1f} dB",
             )
         )
+    noise = (best.label_noise if best is not None else None) or {}
+    if noise.get("confusion"):
+        images["labels"] = _png(plot_labels(noise))
     for stem, data in images.items():
         write_atomic(out / f"{stem}.png", data)
     page = _html(run, images)
@@ -746,6 +771,24 @@ def _html(run: RunData, images: Mapping[str, bytes]) -> str:
             ".</p>",
             f"<pre>{e(json.dumps(top.get('config', {}), indent=2))}</pre>",
         ]
+        noise = best.label_noise or {}
+        if noise.get("kind"):
+            rate = noise.get("rate")
+            parts.append(
+                f"<p>Label noise: {'~%.0f %% ' % (100 * rate) if rate is not None else ''}"
+                f"<b>{e(str(noise['kind']))}</b>"
+                + (f" (estimated at epoch {noise.get('epoch')})" if noise.get("epoch") else "")
+                + ".</p>"
+            )
+            if noise.get("needs_split"):
+                from gainsearch.core.noise import NEEDS_SPLIT
+
+                parts.append(f'<p class="warning"><b>{e(NEEDS_SPLIT)}</b></p>')
+        if top.get("model_file"):
+            parts.append(
+                f"<p>Its weights: <code>{e(str(top['model_file']))}</code> "
+                "(<code>gainsearch.load_best(RUN)</code>).</p>"
+            )
     elif isinstance(run.best, Mapping) and run.best.get("pareto_front"):
         front = [t["number"] for t in run.best["pareto_front"]]
         parts.append(f"<p>Pareto front: trials {e(str(front))}.</p>")

@@ -100,3 +100,41 @@ def test_a_search_on_an_npz_runs_on_both_back_ends(tmp_path: Path, backend: str)
         )
         == 0
     )
+
+
+def test_class_dependent_noise_is_named_in_every_output(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Digits with 30 % of the labels flipped to the next class, as your own .npz: the search's
+    closing lines, best.json, trials.csv and the report name the noise and say to keep a
+    validation split (issue 28)."""
+    pytest.importorskip("matplotlib")
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x, y = bunch.images.astype(np.float32), bunch.target.copy()
+    rng = np.random.default_rng(0)
+    train = rng.permutation(len(y))
+    test, train = train[:300], train[300:]
+    noisy = y[train].copy()
+    flip = rng.permutation(len(train))[: round(0.3 * len(train))]
+    noisy[flip] = (noisy[flip] + 1) % 10
+    path = tmp_path / "noisy.npz"
+    np.savez(path, x_train=x[train], y_train=noisy, x_test=x[test], y_test=y[test])
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: noisy\n"
+        f"train: {{dataset: npz, data_root: {path}, model: digits_lenet, epochs: 10, lr: 0.05}}\n"
+        "search:\n  seed: {type: int, low: 0, high: 3}\n"
+        "pruner: {type: none}\n"
+    )
+    out = tmp_path / "out"
+    assert main(["search", str(spec), "--trials", "1", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "class-dependent" in printed and "keep a validation split" in printed
+    noise = json.loads((out / "best.json").read_text())["best"]["label_noise"]
+    assert noise["kind"] == "class-dependent" and noise["needs_split"]
+    assert 0.2 < noise["rate"] < 0.4
+    assert all(g == (t + 1) % 10 for t, g, _ in noise["pairs"])
+    assert "class-dependent" in (out / "trials.csv").read_text()
+    page = (out / "report.html").read_text()
+    assert 'id="labels"' in page and "keep a validation split" in page
+    assert (out / "labels.png").is_file()

@@ -188,6 +188,8 @@ class LabelNoise:
             their given label there.
         concentration: The mass-weighted share of each class's wrong labels in its top two.
         p_value: The chi-square test of uniform wrong labels per class.
+        confusion: The confident half's given-label x predicted-class counts at ``epoch``
+            (what the kind is read from; the report draws it).
         provisional: The estimate epoch is the last one read: the loss components were still
             separating, so the network may not have learned the clean labels yet (train longer
             before trusting the kind).
@@ -202,6 +204,7 @@ class LabelNoise:
     concentration: float = math.nan
     p_value: float = math.nan
     provisional: bool = False
+    confusion: list[list[int]] = field(default_factory=list)
 
     @property
     def needs_split(self) -> bool:
@@ -327,6 +330,7 @@ def estimate_label_noise(
         concentration=concentration,
         p_value=p_value,
         provisional=best is records[-1] and separation(best) > -math.inf,
+        confusion=confident.astype(int).tolist(),
     )
 
 
