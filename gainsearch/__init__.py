@@ -2,7 +2,10 @@
 
 Every trial trains on the full training set; after each epoch the network's Maximum Gain (the
 peak of its spectral response to an impulse image, Stamatescu & McDonnell, arXiv:1810.03241) is
-measured, and features of the gain curve replace validation loss as objective and pruning signal.
+measured. The trial score (the training loss, :func:`trial_score`) is the objective and the
+pruning signal where validation loss normally goes; the gain curve gives the diagnosis, and the
+training predictions the stopping signals and the label-noise estimate. :func:`load_best`
+returns a search's tuned model.
 
 The package: ``core`` (the measurement, features, scores, diagnosis, decision and the one
 per-epoch :func:`evaluate`), ``batteries`` (data, models, trainer), ``integrations`` (the Optuna,

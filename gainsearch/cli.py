@@ -241,8 +241,10 @@ def _add_diagnose(sub: Any) -> None:
     diag.add_argument(
         "history",
         type=Path,
-        help="history.json from train, a JSON list of gains, or a text file of one gain a line",
+        help="history.json from train, a JSON list of gains, a text file of one gain a line, "
+        "or a directory: a train's --out, or a search's --out (its best trial, or --trial N)",
     )
+    diag.add_argument("--trial", type=int, help="with a search's directory: this trial number")
     diag.add_argument("--window", type=int, help="feature window in epochs (default 5)")
     _json_flag(diag)
     diag.set_defaults(handler=_cmd_diagnose)
@@ -604,6 +606,13 @@ def _search(args: argparse.Namespace, spec: Any) -> int:
     _quiet_optuna(args)
     with _progress_bar(args) as progress, _stdout_for(args):
         outcome = run(spec, out_dir=args.out, n_trials=args.trials, progress=progress, **kwargs)
+    if outcome.new_trials == 0 and not outcome.interrupted:
+        finished = sum(r.state in ("complete", "pruned") for r in outcome.rows)
+        print(
+            f"nothing to run: the study already holds {finished} finished trial(s) "
+            f"(--trials {args.trials}); raise --trials to add more",
+            file=sys.stderr,
+        )
     return _report_outcome(args, outcome.rows, outcome.best, outcome.where(), outcome.interrupted)
 
 
@@ -808,7 +817,66 @@ def _fmt(value: Any) -> str:
 # -- diagnose ---------------------------------------------------------------------------------
 
 
+def _search_trial_history(folder: Path, trial: int | None, tmp: Path) -> Path:
+    """A search directory's trial (default: the best) as a history file ``diagnose`` reads."""
+    try:
+        rows = json.loads((folder / "trials.json").read_text())["rows"]
+    except (OSError, ValueError, KeyError) as err:
+        raise CliError(
+            f"{folder}: a directory needs history.json (gainsearch train) or trials.json "
+            f"(gainsearch search), and has neither readable ({err})."
+        ) from None
+    if trial is None:
+        best = json.loads((folder / "best.json").read_text()).get("best") or {}
+        trial = best.get("number")
+        if trial is None:
+            raise CliError(f"{folder}: no best trial yet; pass --trial N.")
+    row = next((r for r in rows if r.get("number") == trial), None)
+    if row is None:
+        numbers = sorted(r.get("number") for r in rows)
+        raise CliError(f"--trial {trial}: no such trial in {folder}; it has {numbers}.")
+    losses = row.get("train_loss") or []
+    history = [
+        {
+            "epoch": e,
+            "gain": math.nan if g is None else g,
+            "train_loss": math.nan if e > len(losses) or losses[e - 1] is None else losses[e - 1],
+        }
+        for e, g in enumerate(row.get("gain_curve") or [], start=1)
+    ]
+    path = tmp / "history.json"
+    path.write_text(
+        json.dumps(
+            {
+                "history": history,
+                "selected_epoch": row.get("selected_epoch"),
+                "config": row.get("config") or {},
+                "status": row.get("state", ""),
+                "label_noise": row.get("label_noise"),
+            }
+        )
+    )
+    print(f"trial:             #{trial} of {folder}")
+    return path
+
+
 def _cmd_diagnose(args: argparse.Namespace) -> int:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source: Path = args.history
+        if source.is_dir():
+            if (source / "history.json").is_file():
+                source = source / "history.json"
+            else:
+                source = _search_trial_history(source, args.trial, Path(tmp))
+        elif args.trial is not None:
+            raise CliError("--trial needs a search's directory as the history.")
+        args.history = source
+        return _diagnose(args)
+
+
+def _diagnose(args: argparse.Namespace) -> int:
     from gainsearch.batteries.train import read_history
     from gainsearch.core.features import DiagnosisConfig, diagnose
 
@@ -863,8 +931,9 @@ def _print_label_noise(noise: Any, label: str) -> None:
 
 
 def _label_noise_of(path: Path) -> Any:
-    """The label-noise diagnosis of a ``history.json`` whose records carry the fields."""
-    from gainsearch.core.noise import estimate_label_noise
+    """The label-noise diagnosis of a ``history.json`` whose records carry the fields (or the
+    stored one of a search's trial)."""
+    from gainsearch.core.noise import LabelNoise, estimate_label_noise
 
     try:
         data = json.loads(path.read_text())
@@ -872,7 +941,19 @@ def _label_noise_of(path: Path) -> Any:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("history"), list):
         return None
-    return estimate_label_noise([r for r in data["history"] if isinstance(r, dict)])
+    from_records = estimate_label_noise([r for r in data["history"] if isinstance(r, dict)])
+    stored = data.get("label_noise")
+    if math.isfinite(from_records.rate) or not isinstance(stored, dict):
+        return from_records
+    if stored.get("kind") and stored.get("rate") is not None:  # a search's trial: stored
+        return LabelNoise(
+            rate=float(stored["rate"]),
+            kind=str(stored["kind"]),
+            pairs=[tuple(p) for p in stored.get("pairs") or []],
+            epoch=stored.get("epoch"),
+            provisional=bool(stored.get("provisional")),
+        )
+    return from_records
 
 
 def _kept_epoch(path: Path) -> dict[str, Any]:

@@ -120,3 +120,24 @@ def test_ray_names_the_kept_checkpoint_and_load_best_reads_it(tmp_path: Path) ->
     assert _accuracy(tuned.model) == pytest.approx(
         _accuracy(model_from_checkpoint(tuned.path, weights="selected")[0])
     )
+
+
+def test_a_finished_search_says_nothing_to_run_and_diagnose_reads_its_trials(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: again\ntrain: {dataset: digits, model: digits_lenet, epochs: 2}\n"
+        "search:\n  lr: {type: float, low: 0.01, high: 0.1, log: true}\n"
+    )
+    run = tmp_path / "run"
+    args = ["search", str(spec), "--trials", "1", "--out", str(run), "--quiet", "--no-report"]
+    assert main(args) == 0
+    assert "nothing to run" not in capsys.readouterr().err
+    assert main(args) == 0
+    assert "nothing to run: the study already holds 1 finished trial(s)" in capsys.readouterr().err
+    assert main(["diagnose", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "trial:             #0" in printed and "diagnosis:" in printed
+    assert main(["diagnose", str(run), "--trial", "7"]) == 2
+    assert "--trial 7: no such trial" in capsys.readouterr().err

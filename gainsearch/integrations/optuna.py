@@ -1,4 +1,5 @@
-"""Optuna adapter: the gain as objective and pruning signal of your own training loop.
+"""Optuna adapter: the trial score (the training loss; :func:`gainsearch.trial_score`) as the
+objective and the pruning signal of your own training loop, with the gain curve's diagnosis.
 
 * :func:`report_gain`: the once-per-epoch call (evaluate, store, report, ask the pruner, raise
   ``optuna.TrialPruned`` with the reason);

@@ -1,4 +1,5 @@
-"""Ray Tune adapter: the gain as metric and stopping signal of your own Tune trainable.
+"""Ray Tune adapter: the trial score (the training loss; :func:`gainsearch.trial_score`) as the
+metric and stopping signal of your own Tune trainable, with the gain curve's diagnosis.
 
 * :func:`report_gain`: the once-per-epoch call inside a function trainable
   (``ray.tune.report(metrics, checkpoint=...)``);

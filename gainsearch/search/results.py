@@ -209,6 +209,9 @@ class Outcome:
     rows: list[TrialRow]
     best: dict[str, Any]
     interrupted: bool = False
+    #: Trials this call finished (``None`` where the back end does not count them): ``0`` when
+    #: a finished search is run again (nothing to run).
+    new_trials: int | None = None
 
     def where(self) -> list[str]:
         """Where the results are (for the end-of-run summary)."""

@@ -380,6 +380,7 @@ def run_study(
     models = str((out / MODELS_DIR).resolve())
     study = create_study(spec, url, study_name=name, heartbeat=heartbeat, retry_failed=retry_failed)
     check_same_space(study, spec)
+    finished_before = finished_count(study)
     deadline = _now() + timeout if timeout else None
     interrupted = False
     try:
@@ -437,7 +438,14 @@ def run_study(
     rows = trial_rows(study)
     best = best_summary(study, spec)
     write_results(out, spec, rows, best, url, name)
-    return StudyOutcome(study_name=name, storage=url, rows=rows, best=best, interrupted=interrupted)
+    return StudyOutcome(
+        study_name=name,
+        storage=url,
+        rows=rows,
+        best=best,
+        interrupted=interrupted,
+        new_trials=finished_count(study) - finished_before,
+    )
 
 
 def _run_workers(
