@@ -28,7 +28,7 @@ from gainsearch import load_dataset
 from gainsearch.core.signals import Indexed
 from gainsearch.integrations.lightning import GainCallback
 from gainsearch.integrations.ray import GainResults, GainScheduler
-from gainsearch.search.run_ray import connect
+from gainsearch.search.ray_cluster import connect
 
 
 def train_digits(config: dict) -> None:

@@ -23,7 +23,7 @@ from torch import nn
 
 from gainsearch import GainMonitor, load_dataset
 from gainsearch.integrations.ray import GainResults, GainScheduler, report_gain
-from gainsearch.search.run_ray import connect
+from gainsearch.search.ray_cluster import connect
 
 
 def train_digits(config: dict) -> None:

@@ -221,7 +221,7 @@ def test_inside_ray_tune_the_gain_scheduler_decides(tmp_path: Path) -> None:
     from ray import cloudpickle
 
     from gainsearch.integrations.ray import GainScheduler
-    from gainsearch.search.run_ray import connect
+    from gainsearch.search.ray_cluster import connect
 
     # Ray workers cannot import this test module: ship its functions by value
     cloudpickle.register_pickle_by_value(sys.modules[__name__])

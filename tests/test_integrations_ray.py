@@ -213,7 +213,7 @@ def test_a_local_ray_started_by_gainsearch_binds_loopback_only() -> None:
         "import socket\n"
         "import ray\n"
         "from ray._private import worker\n"
-        "from gainsearch.search.run_ray import connect\n"
+        "from gainsearch.search.ray_cluster import connect\n"
         "def listening():\n"
         "    with socket.socket() as s:\n"
         "        return s.connect_ex(('127.0.0.1', 8265)) == 0\n"

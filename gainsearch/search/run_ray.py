@@ -9,7 +9,6 @@ loopback or ``--address`` to join a cluster, resume. Needs ``pip install gainsea
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -18,8 +17,7 @@ import re
 import signal
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,12 +56,19 @@ try:
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
     from ray.tune.search import Searcher, SearchGenerator
+
+    from gainsearch.search.ray_cluster import (
+        NAN_SCORE,
+        connect,
+        quiet_expected_warnings,
+        tune_output,
+    )
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "gainsearch.search.run_ray needs Ray Tune: pip install 'gainsearch[ray]'"
     ) from err
 
-__all__ = ["RayOutcome", "connect", "gain_trainable", "make_scheduler", "result_rows", "run_tuner"]
+__all__ = ["RayOutcome", "gain_trainable", "make_scheduler", "result_rows", "run_tuner"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,100 +215,9 @@ def make_scheduler(spec: ExperimentSpec) -> TrialScheduler:
     return GainScheduler(config=d, metric=result_key(spec), mode=spec.modes[0])
 
 
-def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
-    """Join ``address`` (``auto``, ``host:port``, ``ray://host:port``) or start a local Ray.
-
-    A local Ray binds 127.0.0.1 and has no dashboard. Returns True when this call started Ray.
-
-    Raises:
-        ValueError: the address cannot be reached (within Ray's connection timeout).
-    """
-    if ray.is_initialized():
-        return False
-    if address is None:
-        _loopback_only()
-        with _quiet_expected_warnings(LOCAL_TOKEN):
-            ray.init(
-                num_cpus=num_cpus,
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                log_to_driver=False,
-            )
-        return True
-    _check_reachable(address)
-    try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    except Exception as err:  # ConnectionError, TimeoutError, ValueError, RuntimeError ...
-        raise ValueError(
-            f"--address {address!r}: cannot connect to a Ray cluster there ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}). Start one with `ray start --head` "
-            "and pass its address (auto, host:port or ray://host:10001)."
-        ) from None
-    return True
-
-
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail within ``timeout`` seconds when a ``host:port`` address does not answer.
-
-    Ray itself retries an unreachable GCS for minutes; ``auto`` is left to Ray, which fails at
-    once when no local cluster runs.
-    """
-    import socket
-
-    target = address.removeprefix("ray://")
-    if address == "auto" or ":" not in target:
-        return
-    host, _, port = target.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            return
-    except ValueError:
-        raise ValueError(
-            f"--address {address!r}: expected auto, host:port or ray://host:port."
-        ) from None
-    except OSError as err:
-        raise ValueError(
-            f"--address {address!r}: cannot connect to a Ray cluster there ({err}). Start one "
-            "with `ray start --head` and pass its address (auto, host:port or ray://host:10001)."
-        ) from None
-
-
-@contextlib.contextmanager
-def _tune_output(shown: bool) -> Iterator[None]:
-    """Tune's own reporting on stdout, or none (``RAY_AIR_NEW_OUTPUT=0`` and ``verbose=0``)."""
-    if shown:
-        yield
-        return
-    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = before
-
-
 def _stop_gracefully(signum: int, frame: Any) -> None:
     """SIGTERM during ``fit``: ask Tune to stop as on Ctrl-C (it saves the experiment state)."""
     os.kill(os.getpid(), signal.SIGUSR1)
-
-
-def _loopback_only() -> None:
-    """Make a local Ray bind 127.0.0.1 only.
-
-    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` when it is imported: the variable reaches the
-    Ray processes started next (they inherit the environment) and the constant already read by
-    this process is set to match.
-    """
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    try:
-        from ray._private import ray_constants
-
-        ray_constants.ENABLE_RAY_CLUSTER = False
-    except (ImportError, AttributeError):  # pragma: no cover - other Ray versions
-        logger.warning("could not force Ray onto loopback; set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0")
 
 
 _now = time.time  # the clock of --timeout; tests replace it
@@ -523,7 +437,7 @@ def run_tuner(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     run = _Run(spec, name, out, train, results_path, study_url, deadline, progress, address)
     run.study, run.ray_output = study, ray_output
-    with _quiet_expected_warnings(NAN_SCORE):
+    with quiet_expected_warnings(NAN_SCORE):
         started = connect(address, num_cpus=None)
         try:
             run.check_shared_storage()
@@ -544,7 +458,7 @@ def run_tuner(
             )
             previous = signal.signal(signal.SIGTERM, _stop_gracefully)
             try:
-                with _tune_output(ray_output):
+                with tune_output(ray_output):
                     grid = tuner.fit()
             finally:
                 signal.signal(signal.SIGTERM, previous)
@@ -747,42 +661,6 @@ def _replay(book: GainScheduler, experiment: Path) -> None:
             trial_id = record.get("trial_id", trial_id)
             if trial_id and "epoch" in record and "gain" in record:
                 book.record(trial_id, record)
-
-
-#: What Ray and Optuna say about expected events of a search, silenced during one: OptunaSearch
-#: telling Optuna a diverged trial's NaN score (the trial is pruned, and the table says why)...
-NAN_SCORE = "is not acceptable"
-#: ...and Ray's note on token authentication, for a Ray started here on loopback only.
-LOCAL_TOKEN = "Token authentication is enabled for this Ray cluster"
-
-
-class _Drop(logging.Filter):
-    def __init__(self, patterns: tuple[str, ...]) -> None:
-        super().__init__()
-        self.patterns = patterns
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(p in message for p in self.patterns)
-
-
-@contextlib.contextmanager
-def _quiet_expected_warnings(*patterns: str) -> Iterator[None]:
-    """Drop log records and warnings that contain one of ``patterns`` (Ray's and Optuna's
-    loggers and their handlers, which children propagate to; ``warnings.warn`` too)."""
-    drop = _Drop(patterns)
-    loggers = [logging.getLogger(name) for name in ("", "ray", "ray.tune", "optuna")]
-    targets: list[Any] = [*loggers, *{h for lg in loggers for h in lg.handlers}]
-    for target in targets:
-        target.addFilter(drop)
-    try:
-        with warnings.catch_warnings():
-            for pattern in patterns:
-                warnings.filterwarnings("ignore", message=f".*{re.escape(pattern)}")
-            yield
-    finally:
-        for target in targets:
-            target.removeFilter(drop)
 
 
 def _json_or_none(text: Any) -> Any:
