@@ -41,34 +41,31 @@ def test_one_default_gain_target() -> None:
     assert GainCallback().target == "all"
 
 
-def test_the_pruner_grace_period_and_its_old_name() -> None:
+def test_the_pruner_grace_period_has_one_name() -> None:
     base = {"name": "n", "train": {"dataset": "digits"}, "search": {}}
     spec = parse_spec({**base, "pruner": {"grace_period": 3}})
     assert spec.decision.grace_period == 3 and spec.to_dict()["pruner"]["grace_period"] == 3
-    with pytest.warns(FutureWarning, match=r"pruner.warmup_epochs is deprecated.*grace_period"):
-        old = parse_spec({**base, "pruner": {"warmup_epochs": 3}})
-    assert old.decision == spec.decision
-    with pytest.raises(ValueError, match=r"pruner.warmup_epochs is the old name.*not both"):
-        parse_spec({**base, "pruner": {"warmup_epochs": 3, "grace_period": 2}})
+    # no deprecation shims in a 0.1 package: the old names are errors that say the new one
+    with pytest.raises(ValueError, match=r"pruner.warmup_epochs=3 is not a pruner setting.*grace"):
+        parse_spec({**base, "pruner": {"warmup_epochs": 3}})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the training warm-up has no warning
         assert parse_spec({**base, "train": {"warmup_epochs": 1}}).train["warmup_epochs"] == 1
     from gainsearch.integrations.optuna import GainPruner
 
-    with pytest.warns(FutureWarning, match=r"warmup_epochs is deprecated: use grace_period"):
-        assert GainPruner(warmup_epochs=2).config.grace_period == 2
+    with pytest.raises(TypeError, match=r"warmup_epochs"):
+        GainPruner(warmup_epochs=2)  # type: ignore[call-arg]
 
 
 def test_the_gain_score_has_one_name() -> None:
     base = {"name": "n", "train": {"dataset": "digits"}, "search": {}}
     assert parse_spec({**base, "objective": {"metric": "gain_score"}}).metrics == ("gain_score",)
-    with pytest.warns(FutureWarning, match=r"objective.metric 'score' is deprecated"):
-        assert parse_spec({**base, "objective": {"metric": "score"}}).metrics == ("gain_score",)
+    with pytest.raises(ValueError, match=r"score"):
+        parse_spec({**base, "objective": {"metric": "score"}})
     from gainsearch.core.evaluation import evaluate
 
     ev = evaluate([1.0, 2.0, 3.0], metric="gain_score")
-    assert ev.metric_value("gain_score") == ev.metric_value("score") == ev.gain_score
-    # the decision's compared number is its value; the old name warns
-    decision = ev.decision
-    with pytest.warns(DeprecationWarning, match=r"Decision.score is renamed Decision.value"):
-        assert decision.score == decision.value
+    assert ev.metric_value("gain_score") == ev.gain_score
+    with pytest.raises(ValueError, match=r"Unknown metric 'score'"):
+        ev.metric_value("score")
+    assert not hasattr(ev.decision, "score")  # the compared number is Decision.value

@@ -40,7 +40,6 @@ non-finite gains before epoch ``t`` are left out of the comparison.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -185,17 +184,6 @@ class Decision:
     epoch: int
     value: float = math.nan
     peers: int = 0
-
-    @property
-    def score(self) -> float:
-        """Deprecated name of :attr:`value` (the number the rules compared)."""
-        warnings.warn(
-            "Decision.score is renamed Decision.value (the number compared: the study's metric, "
-            "or the gain score without one).",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.value
 
 
 def decide(

@@ -33,7 +33,6 @@ import numpy as np
 from gainsearch.core.decision import Decision, DecisionConfig, Series, align, by_epoch, decide
 from gainsearch.core.features import DIVERGED, CurveFeatures, Diagnosis, diagnose
 from gainsearch.core.objective import (
-    METRIC_ALIASES,
     METRICS,
     TrialScoreConfig,
     canonical_metric,
@@ -146,7 +145,6 @@ def evaluate(
         ValueError: unknown metric or mode, or ``train_loss`` does not match ``curve``.
     """
     cfg = config or DecisionConfig()
-    metric = METRIC_ALIASES.get(metric, metric)
     if value is None and metric not in METRICS:
         raise ValueError(f"Unknown metric {metric!r}; available metrics are {list(METRICS)}.")
     if mode not in ("max", "min"):

@@ -66,18 +66,12 @@ METRICS = (
 )
 
 
-#: Old metric names still accepted: ``score`` was the gain score's name before the result key
-#: (``gain_score``) and the metric got one name.
-METRIC_ALIASES = {"score": "gain_score"}
-
-
 def canonical_metric(name: str) -> str:
-    """``name`` with an old alias replaced (``"score"`` -> ``"gain_score"``).
+    """``name``, checked: one of :data:`METRICS`.
 
     Raises:
-        ValueError: ``name`` is not a metric of :data:`METRICS` (nor an alias of one).
+        ValueError: ``name`` is not a metric of :data:`METRICS`.
     """
-    name = METRIC_ALIASES.get(name, name)
     if name not in METRICS:
         raise ValueError(f"Unknown metric {name!r}; available metrics are {list(METRICS)}.")
     return name

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 from gainsearch.core.decision import DecisionConfig
 
 __all__ = ["decision_config"]
@@ -17,7 +15,6 @@ def decision_config(
     variability_factor: float | None = None,
     min_variability: float | None = None,
     config: DecisionConfig | None = None,
-    warmup_epochs: int | None = None,
 ) -> DecisionConfig:
     """The :class:`~gainsearch.core.decision.DecisionConfig` of an adapter's arguments.
 
@@ -29,15 +26,7 @@ def decision_config(
         variability_factor: Multiple of the peers' median variability that is "too high".
         min_variability: Variability floor (dB/epoch), and the fall (dB) a jagged curve shows.
         config: A complete :class:`DecisionConfig` instead of the arguments above.
-        warmup_epochs: Deprecated name of ``grace_period``.
     """
-    if warmup_epochs is not None:
-        warnings.warn(
-            "warmup_epochs is deprecated: use grace_period (the same setting, Ray Tune's name).",
-            FutureWarning,
-            stacklevel=3,
-        )
-        grace_period = warmup_epochs
     if config is not None:
         return config
     return DecisionConfig(

@@ -79,7 +79,6 @@ class GainPruner(BasePruner):
         variability_factor: Too variable above this multiple of the peers' median variability.
         min_variability: ...and above this floor (dB/epoch), with a fall of as many dB.
         config: A whole :class:`~gainsearch.core.decision.DecisionConfig` instead.
-        warmup_epochs: Deprecated name of ``grace_period``.
     """
 
     def __init__(
@@ -91,7 +90,6 @@ class GainPruner(BasePruner):
         variability_factor: float | None = None,
         min_variability: float | None = None,
         config: DecisionConfig | None = None,
-        warmup_epochs: int | None = None,
     ) -> None:
         self.config = decision_config(
             grace_period=grace_period,
@@ -100,7 +98,6 @@ class GainPruner(BasePruner):
             variability_factor=variability_factor,
             min_variability=min_variability,
             config=config,
-            warmup_epochs=warmup_epochs,
         )
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:

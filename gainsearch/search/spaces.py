@@ -37,7 +37,6 @@ search space into Optuna suggestions, ``to_ray`` into Ray Tune domains (imported
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -48,7 +47,7 @@ import yaml
 from gainsearch.batteries.train import TrainConfig
 from gainsearch.core.decision import DecisionConfig
 from gainsearch.core.features import DiagnosisConfig
-from gainsearch.core.objective import METRIC_ALIASES, METRICS, ScoreConfig, TrialScoreConfig
+from gainsearch.core.objective import METRICS, ScoreConfig, TrialScoreConfig
 
 __all__ = [
     "ExperimentSpec",
@@ -358,14 +357,6 @@ def parse_spec(data: Mapping[str, Any]) -> ExperimentSpec:
         ("metric", "mode", "gain_weight", "early_epochs", "variability_weight"),
     )
     metrics = _as_tuple(objective.get("metric", "trial_score"))
-    if any(m in METRIC_ALIASES for m in metrics if isinstance(m, str)):
-        warnings.warn(
-            "objective.metric 'score' is deprecated: the gain score is 'gain_score' (the name "
-            "of its result key on Ray and in trials.csv).",
-            FutureWarning,
-            stacklevel=2,
-        )
-        metrics = tuple(METRIC_ALIASES.get(m, m) if isinstance(m, str) else m for m in metrics)
     modes = _as_tuple(
         objective.get("mode", ["max" if m != "variability" else "min" for m in metrics])
     )
@@ -397,22 +388,12 @@ def parse_spec(data: Mapping[str, Any]) -> ExperimentSpec:
         raise SpecError(f"objective.{err}") from err
 
     pruner_raw = _mapping("pruner", data.get("pruner", {}))
-    if "warmup_epochs" in pruner_raw:  # the name before grace_period (train has its own)
-        if "grace_period" in pruner_raw:
-            raise SpecError(
-                "pruner.warmup_epochs is the old name of pruner.grace_period: give one, not both "
-                f"(got warmup_epochs={pruner_raw['warmup_epochs']!r}, "
-                f"grace_period={pruner_raw['grace_period']!r})."
-            )
-        warnings.warn(
-            "pruner.warmup_epochs is deprecated: it is now pruner.grace_period (Ray Tune's name; "
-            "train.warmup_epochs is the learning-rate warm-up).",
-            FutureWarning,
-            stacklevel=2,
+    if "warmup_epochs" in pruner_raw:  # a common slip: train has a warmup_epochs of its own
+        raise SpecError(
+            f"pruner.warmup_epochs={pruner_raw['warmup_epochs']!r} is not a pruner setting: the "
+            "first epoch a trial may be pruned at is pruner.grace_period (Ray Tune's name); "
+            "train.warmup_epochs is the learning-rate warm-up."
         )
-        pruner_raw = {
-            ("grace_period" if k == "warmup_epochs" else k): v for k, v in pruner_raw.items()
-        }
     decision_keys = (
         "grace_period",
         "min_peers",
