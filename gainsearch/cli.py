@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gainsearch._files import write_atomic
+from gainsearch.core.selection import LAST
 
 if TYPE_CHECKING:
     from gainsearch.search.results import TrialRow
@@ -433,7 +434,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     shown = [name for name in _SIGNAL_COLUMNS if name in config.signals]
     for name in shown:
         header += f" {_SIGNAL_COLUMNS[name][0]:>{_SIGNAL_COLUMNS[name][1]}}"
-    if config.select_by != "last":
+    if config.select_by != LAST:
         header += f" {'kept':>4}"
     if config.eval_test:
         header += f" {'test_acc':>8}"
@@ -454,7 +455,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for name in shown:
             _, width, form = _SIGNAL_COLUMNS[name]
             row += f" {ctx.record[name]:>{width}{form}}"
-        if config.select_by != "last":
+        if config.select_by != LAST:
             row += f" {ctx.record['selected_epoch'] or '':>4}"
         if config.eval_test:
             row += f" {ctx.record['test_acc']:>8.3f}"
@@ -478,7 +479,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"status:    {result.status}" + (f" ({result.reason})" if result.reason else ""))
     print(f"diagnosis: {result.diagnosis}")
     _print_label_noise(result.label_noise, "labels:    ")
-    if config.select_by != "last" and result.selected_epoch is not None:
+    if config.select_by != LAST and result.selected_epoch is not None:
         print(
             f"selected:  epoch {result.selected_epoch} (lowest {config.select_by}"
             + (f", mean of {config.select_window}" if config.select_window > 1 else "")
@@ -778,7 +779,7 @@ def format_table(rows: list[TrialRow]) -> str:
     """The end-of-run table of trials."""
     params = sorted({k for r in rows for k in r.params})
     # with a stopping rule: the kept epoch (whose score is the value), and why trials stopped
-    selecting = any((r.config or {}).get("select_by", "last") != "last" for r in rows)
+    selecting = any((r.config or {}).get("select_by", LAST) != LAST for r in rows)
     header = ["#", "state", *params, "value", "epochs", *(["kept"] if selecting else [])]
     header += ["diagnosis", "stop reason" if selecting else "prune reason"]
     lines = []
@@ -966,7 +967,7 @@ def _kept_epoch(path: Path) -> dict[str, Any]:
         return {}
     return {
         "selected_epoch": int(data["selected_epoch"]),
-        "select_by": (data.get("config") or {}).get("select_by", "last"),
+        "select_by": (data.get("config") or {}).get("select_by", LAST),
         "status": data.get("status", ""),
     }
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from gainsearch._files import write_atomic
 from gainsearch.core.features import DIVERGED, LABELS, compute_features
+from gainsearch.core.selection import LAST
 from gainsearch.search.results import TrialRow
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -332,7 +333,7 @@ def _log_x(ax: Any) -> None:
 
 def selecting_by(run: RunData) -> str | None:
     """The stopping signal the run's trials keep their epoch by (``None``: ``select_by: last``)."""
-    names = {(r.config or {}).get("select_by", "last") for r in run.rows} - {"last"}
+    names = {(r.config or {}).get("select_by", LAST) for r in run.rows} - {LAST}
     return sorted(names)[0] if names else None
 
 
