@@ -105,14 +105,14 @@ def test_search_writes_figures_and_a_self_contained_report(
     complete = [r for r in rows if r["state"] == "complete"]
     assert all(np.asarray(r["spectrum"]["db"]).shape == (1, 8, 8) for r in complete)
     sizes = {}
-    for stem in ("curves", "features", "diagnosis", "spectrum"):
+    for stem in ("curves", "features", "diagnosis", "spectrum", "labels"):
         sizes[stem] = png_size((out / f"{stem}.png").read_bytes())
         assert min(sizes[stem]) >= 200, (stem, sizes[stem])
     page = (out / "report.html").read_text()
     parser = Sources()
     parser.feed(page)
     images = [v for tag, name, v in parser.refs if tag == "img"]
-    assert len(images) == 4 and len(parser.refs) == 4  # the images and nothing else referenced
+    assert len(images) == 5 and len(parser.refs) == 5  # the images and nothing else referenced
     for src in images:  # each embedded image is the PNG written beside it, decodable
         assert src.startswith("data:image/png;base64,")
         data = base64.b64decode(src.split(",", 1)[1])
@@ -145,6 +145,7 @@ def test_report_command_from_the_directory_and_from_the_storage(
             "curves.png",
             "diagnosis.png",
             "features.png",
+            "labels.png",
             "report.html",
             "spectrum.png",
         ]
@@ -304,7 +305,7 @@ def test_report_opens_in_headless_chromium(search: tuple[Path, list[dict]], tmp_
     shutil.copy(out / "report.html", alone)
     images, errors = open_in_chromium(alone)
     assert errors == []
-    assert [i[0] for i in images] == ["curves", "features", "diagnosis", "spectrum"]
+    assert [i[0] for i in images] == ["curves", "features", "diagnosis", "spectrum", "labels"]
     for alt, complete, width, height in images:
         expected = png_size((out / f"{alt}.png").read_bytes())
         assert complete and (width, height) == expected, alt
