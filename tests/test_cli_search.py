@@ -291,7 +291,7 @@ def test_ray_backend_interrupted_then_resumed_by_the_same_command(
         assert rows[number]["epoch_log"][:2] == [1, 2], rows[number]["epoch_log"]
         assert np.asarray(rows[number]["spectrum"]["db"]).shape == (1, 8, 8)
     page = (out / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 4
+    assert page.count('src="data:image/png;base64,') == 5  # with the label-noise figure
 
 
 RECIPE = """\
