@@ -424,38 +424,6 @@ def save_cache(out: Path, setup: Setup, runs: Sequence[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def tasks_for(setup: Setup, data_root: str) -> list[dict[str, Any]]:
-    return [
-        {"setup": setup.name, "protocol": p, "point": point, "seed": seed, "data_root": data_root}
-        for seed in setup.seeds
-        for p in ("merged", "split")
-        for point in setup.grid
-    ]
-
-
-def retrain_tasks(setup: Setup, runs: Sequence[dict[str, Any]], data_root: str) -> list[dict]:
-    """With a schedule, the validation choice retrained with its epochs as the budget."""
-    if setup.train.get("schedule", "constant") == "constant":
-        return []
-    tasks = []
-    for seed in setup.seeds:
-        seed_runs = [r for r in runs if r["seed"] == seed and r["protocol"] == "split"]
-        if len(seed_runs) < len(setup.grid):
-            continue
-        point, epoch = memorisation.validation_choice(seed_runs, seed)
-        tasks.append(
-            {
-                "setup": setup.name,
-                "protocol": "retrain",
-                "point": point,
-                "seed": seed,
-                "epochs": epoch,
-                "data_root": data_root,
-            }
-        )
-    return tasks
-
-
 def train(names: Sequence[str], out: Path, *, data_root: str, workers: int) -> None:
     key = memorisation.run_key
     cached = {name: {key(r): r for r in memorisation.load_cache(out, name)} for name in names}
@@ -463,10 +431,12 @@ def train(names: Sequence[str], out: Path, *, data_root: str, workers: int) -> N
         todo = []
         for name in names:
             setup = SETUPS[name]
-            wanted = (
-                tasks_for(setup, data_root)
+            wanted = (  # memorisation's task lists: they read a set-up's fields only
+                memorisation.tasks_for(setup, data_root)  # type: ignore[arg-type]
                 if phase == "runs"
-                else retrain_tasks(setup, list(cached[name].values()), data_root)
+                else memorisation.retrain_tasks(  # type: ignore[arg-type]
+                    setup, list(cached[name].values()), data_root
+                )
             )
             todo += [t for t in wanted if key(t) not in cached[name]]
         print(f"{phase}: {len(todo)} to train", file=sys.stderr, flush=True)

@@ -383,6 +383,9 @@ def run_study(
     finished_before = finished_count(study)
     deadline = _now() + timeout if timeout else None
     interrupted = False
+    # _optimize's arguments, around its two callbacks (set in this process only)
+    head = (spec, url, name, n_trials, deadline, eval_test, heartbeat, retry_failed)
+    tail = (models, kept, threads)
     try:
         with _stop_on_signals():
             if workers == 1:
@@ -397,38 +400,10 @@ def run_study(
 
                 if progress:
                     progress(study_counts(study))
-                _optimize(
-                    spec,
-                    url,
-                    name,
-                    n_trials,
-                    deadline,
-                    eval_test,
-                    heartbeat,
-                    retry_failed,
-                    on_trial,
-                    waiting,
-                    models,
-                    kept,
-                    threads,
-                )
+                _optimize(*head, on_trial, waiting, *tail)
             else:
                 interrupted = _run_workers(
-                    (
-                        spec,
-                        url,
-                        name,
-                        n_trials,
-                        deadline,
-                        eval_test,
-                        heartbeat,
-                        retry_failed,
-                        None,
-                        None,
-                        models,
-                        kept,
-                        threads,
-                    ),
+                    (*head, None, None, *tail),
                     workers,
                     study,
                     progress,
