@@ -421,7 +421,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if "gain_target" in settings and isinstance(settings["gain_target"], str):
         settings["gain_target"] = _parse_target(settings["gain_target"])
     config = TrainConfig.from_dict(settings)
-    data = load_dataset(config.dataset, config.data_root, download=args.download)
+    data = load_dataset(
+        config.dataset, config.data_root, download=args.download, image_size=config.image_size
+    )
 
     out: Path = args.out
     checkpoint = out / "checkpoint.pt"

@@ -138,3 +138,91 @@ def test_class_dependent_noise_is_named_in_every_output(tmp_path: Path, capsys) 
     page = (out / "report.html").read_text()
     assert 'id="labels"' in page and "keep a validation split" in page
     assert (out / "labels.png").is_file()
+
+
+def _image_folder(root: Path, sizes: tuple[int, int] = (10, 10), colour: bool = False) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 4)):
+        for label, name in enumerate(("cat", "dog", "owl")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                shape = (sizes[1], sizes[0], 3) if colour else (sizes[1], sizes[0])
+                pixels = rng.integers(0, 60, shape) + 90 * label
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def test_an_image_folder_loads_and_is_searched(tmp_path: Path) -> None:
+    root = _image_folder(tmp_path / "imgs")
+    data = load_dataset("image_folder", root)
+    assert data.x_train.shape == (36, 1, 10, 10) and data.num_classes == 3
+    assert data.y_test.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    resized = load_dataset(
+        "image_folder", _image_folder(tmp_path / "rgb", colour=True), image_size=16
+    )
+    assert resized.x_train.shape == (36, 3, 16, 16)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: imgs\n"
+        f"train: {{dataset: image_folder, data_root: {root}, model: digits_cnn, image_size: 8, "
+        "epochs: 2}\n"
+        "search:\n  lr: {type: float, low: 0.01, high: 0.1, log: true}\npruner: {type: none}\n"
+    )
+    out = tmp_path / "out"
+    assert (
+        main(["search", str(spec), "--trials", "1", "--out", str(out), "--quiet", "--no-report"])
+        == 0
+    )
+    assert json.loads((out / "best.json").read_text())["best"]["config"]["image_size"] == 8
+
+
+def test_bad_image_folders_get_one_line_errors(tmp_path: Path) -> None:
+    root = _image_folder(tmp_path / "imgs")
+    (root / "train" / "dog" / "9.png").write_text("not an image")
+    with pytest.raises(DataError, match=r"9.png: not a readable image"):
+        load_dataset("image_folder", root)
+    (root / "train" / "dog" / "9.png").unlink()
+    for f in (root / "train" / "owl").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match=r"owl: an empty class folder"):
+        load_dataset("image_folder", root)
+    other = _image_folder(tmp_path / "other")
+    (other / "test" / "fox").mkdir()
+    with pytest.raises(DataError, match=r"class folder\(s\) \['fox'\] are not in train/"):
+        load_dataset("image_folder", other)
+    with pytest.raises(DataError, match=r"no train/ folder"):
+        load_dataset("image_folder", tmp_path / "nowhere")
+    mixed = _image_folder(tmp_path / "mixed")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((5, 7), np.uint8)).save(mixed / "train" / "cat" / "odd.png")
+    with pytest.raises(DataError, match=r"several sizes.*set image_size"):
+        load_dataset("image_folder", mixed)
+
+
+def test_an_image_folder_search_runs_on_ray(tmp_path: Path) -> None:
+    pytest.importorskip("ray.tune")
+    from gainsearch.search.run_ray import run_tuner
+    from gainsearch.search.spaces import parse_spec
+
+    root = _image_folder(tmp_path / "imgs", colour=True)
+    spec = parse_spec(
+        {
+            "name": "imgs",
+            "train": {
+                "dataset": "image_folder",
+                "data_root": str(root),
+                "model": "digits_cnn",
+                "image_size": 8,
+                "epochs": 2,
+            },
+            "search": {"lr": {"type": "float", "low": 0.01, "high": 0.1, "log": True}},
+            "pruner": {"type": "none"},
+        }
+    )
+    outcome = run_tuner(spec, out_dir=tmp_path / "ray", n_trials=1, max_concurrent=1)
+    assert [r.state for r in outcome.rows] == ["complete"]
+    assert outcome.best["best"]["config"]["image_size"] == 8 and outcome.best["best"]["model_file"]

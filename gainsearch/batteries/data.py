@@ -18,6 +18,8 @@ name               source
 ``npz``            your own data: ``root`` is a ``.npz`` file with ``x_train``, ``y_train``,
                    ``x_test``, ``y_test`` (images ``(N, C, H, W)`` or ``(N, H, W)``, integer
                    labels ``0..K-1``).
+``image_folder``   your own images: ``root/train/<class>/*`` and ``root/test/<class>/*``,
+                   read with Pillow, resized to ``image_size`` when given.
 =================  =========================================================================
 
 ``download=True`` fetches MNIST, Fashion-MNIST or CIFAR-10 into ``root`` with torchvision
@@ -89,7 +91,11 @@ class TensorData:
 
 
 def load_dataset(
-    name: str, root: str | Path | None = None, *, download: bool = False
+    name: str,
+    root: str | Path | None = None,
+    *,
+    download: bool = False,
+    image_size: int | None = None,
 ) -> TensorData:
     """Load a data set by name (see the module docstring for the layouts).
 
@@ -97,6 +103,7 @@ def load_dataset(
         name: One of :data:`DATASETS`.
         root: Folder holding the files (not needed for ``digits``).
         download: Fetch the files into ``root`` with torchvision if they are missing.
+        image_size: ``image_folder`` only: resize every image to this square size.
 
     Raises:
         ValueError: unknown ``name``.
@@ -104,6 +111,8 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; available datasets are {sorted(DATASETS)}.")
+    if name == "image_folder":
+        return _load_image_folder(root, image_size)
     return DATASETS[name](root, download)
 
 
@@ -401,10 +410,94 @@ def _load_npz(root: str | Path | None, download: bool) -> TensorData:
     return _finish("npz", images["x_train"], arrays["y_train"], images["x_test"], arrays["y_test"])
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _load_image_folder(root: str | Path | None, image_size: int | None) -> TensorData:
+    """Your own images: ``root/train/<class>/*`` and ``root/test/<class>/*`` (one sub-folder per
+    class, named as you like; classes are the train folders in sorted order), read with Pillow.
+    Every image is resized to ``image_size`` x ``image_size`` when given; otherwise all must
+    share one size. Grey images give one channel; any colour image makes every image RGB."""
+    try:
+        from PIL import Image
+    except ImportError as err:  # pragma: no cover - Pillow comes with the plot and dev extras
+        raise DataError("dataset 'image_folder' needs Pillow: pip install Pillow") from err
+    if root is None:
+        raise DataError(
+            "dataset 'image_folder' needs data_root: a folder with train/ and test/, one "
+            "sub-folder of images per class in each."
+        )
+    base = Path(root)
+    for split in ("train", "test"):
+        if not (base / split).is_dir():
+            raise DataError(
+                f"data_root {str(base)!r}: no {split}/ folder; dataset 'image_folder' reads "
+                "train/<class>/* and test/<class>/*."
+            )
+    classes = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise DataError(f"{base / 'train'}: needs at least two class folders, found {classes}.")
+    unknown = sorted(
+        p.name for p in (base / "test").iterdir() if p.is_dir() and p.name not in classes
+    )
+    if unknown:
+        raise DataError(
+            f"{base / 'test'}: class folder(s) {unknown} are not in train/ (classes {classes})."
+        )
+    loaded: dict[str, tuple[list[Any], list[int]]] = {}
+    for split in ("train", "test"):
+        images, labels = [], []
+        for label, name in enumerate(classes):
+            folder = base / split / name
+            files = (
+                sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+                if folder.is_dir()
+                else []
+            )
+            if split == "train" and not files:
+                raise DataError(
+                    f"{folder}: an empty class folder (no {', '.join(IMAGE_SUFFIXES)} file)."
+                )
+            for f in files:
+                try:
+                    with Image.open(f) as im:
+                        im.load()
+                        image = im.copy()
+                except Exception as err:  # PIL raises UnidentifiedImageError, OSError, ...
+                    raise DataError(f"{f}: not a readable image ({type(err).__name__}).") from None
+                if image_size is not None:
+                    image = image.resize((image_size, image_size))
+                images.append(image)
+                labels.append(label)
+        loaded[split] = (images, labels)
+    everything = loaded["train"][0] + loaded["test"][0]
+    grey = all(im.mode in ("L", "1", "I", "F", "I;16") for im in everything)
+    sizes = {im.size for im in everything}
+    if len(sizes) > 1:
+        raise DataError(
+            f"{base}: images of several sizes {sorted(sizes)[:4]}; set image_size to resize "
+            "them all to one square size."
+        )
+
+    def stack(images: list[Any]) -> np.ndarray:
+        arrays = [np.asarray(im.convert("L" if grey else "RGB"), dtype=np.float32) for im in images]
+        x = np.stack(arrays) if arrays else np.zeros((0, *next(iter(sizes))[::-1]), np.float32)
+        return x[:, None] if grey else x.transpose(0, 3, 1, 2)
+
+    return _finish(
+        "image_folder",
+        stack(loaded["train"][0]),
+        np.asarray(loaded["train"][1]),
+        stack(loaded["test"][0]),
+        np.asarray(loaded["test"][1]),
+    )
+
+
 DATASETS: dict[str, Callable[[str | Path | None, bool], TensorData]] = {
     "digits": _load_digits,
     "mnist": _idx_loader("mnist", "MNIST"),
     "fashion_mnist": _idx_loader("fashion_mnist", "FashionMNIST"),
     "cifar10": _load_cifar10,
     "npz": _load_npz,
+    "image_folder": lambda root, download: _load_image_folder(root, None),
 }

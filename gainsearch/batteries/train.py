@@ -151,6 +151,8 @@ class TrainConfig:
             ``None`` (default): the back end's (Optuna: the cores divided by the workers; Ray:
             the trial's CPUs; ``gainsearch train``: torch's own). Results change in their last
             digits with the thread count and the machine.
+        image_size: ``dataset: image_folder`` only: resize every image to this square size
+            (``None``: the images must share one size).
     """
 
     dataset: str = "digits"
@@ -182,6 +184,7 @@ class TrainConfig:
     patience: int | None = None
     select_window: int = 1
     threads: int | None = None
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
         def fail(name: str, allowed: str) -> None:
@@ -196,6 +199,12 @@ class TrainConfig:
             isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
         ):
             fail("threads", "a positive integer (torch threads) or None (the back end's default)")
+        if self.image_size is not None and (
+            isinstance(self.image_size, bool)
+            or not isinstance(self.image_size, int)
+            or self.image_size < 1
+        ):
+            fail("image_size", "a positive integer (pixels) or None")
         if not isinstance(self.model_args, dict) or not all(
             isinstance(k, str) for k in self.model_args
         ):
@@ -437,7 +446,11 @@ def train_trial(
         A :class:`TrialResult`.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-    data = data if data is not None else load_dataset(cfg.dataset, cfg.data_root)
+    data = (
+        data
+        if data is not None
+        else load_dataset(cfg.dataset, cfg.data_root, image_size=cfg.image_size)
+    )
     if data.name != cfg.dataset:
         raise ValueError(f"data is {data.name!r} but config.dataset={cfg.dataset!r}.")
     if cfg.threads is not None:

@@ -90,7 +90,7 @@ class GainObjective:
     def data(self) -> TensorData:
         if self._data is None:  # dataset and data_root are never searched (spaces.NOT_SEARCHABLE)
             fixed = TrainConfig.from_dict(self.spec.train)
-            self._data = load_dataset(fixed.dataset, fixed.data_root)
+            self._data = load_dataset(fixed.dataset, fixed.data_root, image_size=fixed.image_size)
         return self._data
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:

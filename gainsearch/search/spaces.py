@@ -69,6 +69,8 @@ NOT_SEARCHABLE = (
     "dataset",
     "data_root",
     "model",
+    "image_size",  # the data, loaded once per search
+    "threads",
     "model_args",
     "epochs",
     "device",
