@@ -152,6 +152,12 @@ def _add_search(sub: Any) -> None:
         help="optuna: the best K complete trials keep their kept epoch's weights in "
         "OUT/models/ (1: the best only), 'all' or 'none' (Ray keeps Tune's checkpoints)",
     )
+    search.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per trial (default: optuna, the cores over --workers; ray, "
+        "--cpus-per-trial); results change in their last digits with it",
+    )
     search.add_argument("--data-root", help="override the spec's data_root")
     search.add_argument("--epochs", type=int, help="override the spec's epoch budget")
     search.add_argument(
@@ -573,7 +579,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 #: Flags passed on to the runners under their own names.
-SEARCH_ARGS = ("storage", "study_name", "timeout", "eval_test")
+SEARCH_ARGS = ("storage", "study_name", "timeout", "eval_test", "threads")
 RAY_ARGS = (
     "max_concurrent",
     "cpus_per_trial",

@@ -49,6 +49,7 @@ from gainsearch.search.study import (
     STALE_GRACE_FACTOR,
     best_summary,
     check_same_space,
+    check_threads,
     check_timeout,
     create_study,
     finished_count,
@@ -329,6 +330,7 @@ def run_study(
     retry_failed: int = 0,
     progress: Callable[[dict[str, Any]], None] | None = None,
     keep: int | str | None = 1,
+    threads: int | None = None,
 ) -> StudyOutcome:
     """Run (or resume) a study until it holds ``n_trials`` finished trials.
 
@@ -355,8 +357,12 @@ def run_study(
         keep: The best ``keep`` complete trials keep their kept epoch's weights in
             ``OUT/models/trial_N.pt`` (default 1: the best only); ``"all"``; ``0`` or
             ``"none"``: none (:mod:`gainsearch.search.models`).
+        threads: Torch threads per trial (default: torch's count of cores divided by the
+            workers; a spec's ``threads`` wins). A run argument, not a spec setting: a resume
+            may change it.
     """
     _check_run_args(n_trials, timeout, workers, heartbeat)
+    check_threads(threads)
     kept = check_keep(keep)
     if isinstance(retry_failed, bool) or not isinstance(retry_failed, int) or retry_failed < 0:
         raise ValueError(f"retry_failed must be a non-negative integer, but got {retry_failed=}.")
@@ -375,7 +381,7 @@ def run_study(
     # workers; a spec's threads wins. Recorded in every trial's config.
     import torch
 
-    threads = max(1, torch.get_num_threads() // workers)
+    threads = threads or max(1, torch.get_num_threads() // workers)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     models = str((out / MODELS_DIR).resolve())
     study = create_study(spec, url, study_name=name, heartbeat=heartbeat, retry_failed=retry_failed)

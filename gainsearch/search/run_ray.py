@@ -44,6 +44,7 @@ from gainsearch.search.results import (
 from gainsearch.search.spaces import ExperimentSpec, read_yaml_mapping, spec_differences
 from gainsearch.search.study import (
     check_same_space,
+    check_threads,
     check_timeout,
     create_study,
     make_sampler,
@@ -370,6 +371,7 @@ def run_tuner(
     progress: Callable[[dict[str, Any]], None] | None = None,
     ray_output: bool = False,
     reuse_actors: bool = True,
+    threads: int | None = None,
 ) -> RayOutcome:
     """Run (or resume) the spec's search on Ray Tune.
 
@@ -397,6 +399,8 @@ def run_tuner(
             timeout. Tune's own ``time_budget_s`` is not used: it stops the running trials, and
             its spent budget carries over to a resumed run, which then starts nothing.
         progress: Called with counts as results arrive.
+        threads: Torch threads per trial (default: the trial's CPUs; a spec's ``threads``
+            wins). A run argument, not a spec setting: a resume may change it.
         ray_output: Let Tune print its own reporting (the experiment's box, where the results
             are, the TensorBoard hint). Off: gainsearch's progress and table only (Tune's new
             output engine prints its box even at ``verbose=0``; the legacy one, chosen here with
@@ -409,6 +413,7 @@ def run_tuner(
             between trials.
     """
     _check_args(spec, n_trials, max_concurrent, cpus_per_trial, gpus_per_trial, max_failures)
+    check_threads(threads)
     if not isinstance(reuse_actors, bool):
         raise ValueError(f"reuse_actors must be True or False, but got {reuse_actors=}.")
     check_timeout(timeout)
@@ -451,7 +456,7 @@ def run_tuner(
                     GAINSEARCH_KEY: {
                         **run.fixed(eval_test, gpus_per_trial > 0),
                         # torch threads: the trial's CPUs (a spec's threads wins)
-                        "threads": max(1, int(cpus_per_trial)),
+                        "threads": threads or max(1, int(cpus_per_trial)),
                     },
                 },
                 reuse_actors,

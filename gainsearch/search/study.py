@@ -207,6 +207,17 @@ def check_timeout(timeout: Any) -> None:
         raise ValueError(f"timeout must be a positive number of seconds, but got {timeout=}.")
 
 
+def check_threads(threads: Any) -> None:
+    """``threads`` (both back ends) is None or a positive number of torch threads per trial."""
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ValueError(
+            f"threads must be a positive integer (torch threads per trial) or None (the back "
+            f"end's default), but got {threads=}."
+        )
+
+
 def check_same_space(study: optuna.Study, spec: ExperimentSpec) -> None:
     """A resumed study must have been run with the same spec."""
     saved = study.user_attrs.get("spec")
