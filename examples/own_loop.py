@@ -59,4 +59,10 @@ for epoch in range(1, 31):
 
 model.load_state_dict(kept)  # the kept epoch's weights
 print(f"kept epoch {selection.epoch}")
-print(monitor.diagnose())  # 3. features and diagnosis of the curve
+diagnosis = monitor.diagnose()  # 3. features and diagnosis of the curve
+if selection.stop and diagnosis.label == "lr_too_low":
+    # the gain still rising is what the stop avoided (the net fitting its last examples), not
+    # a reason to train longer
+    print(f"diagnosis: {diagnosis.label}, but the stop was chosen: its advice does not apply")
+else:
+    print(diagnosis)

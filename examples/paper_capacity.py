@@ -1,7 +1,7 @@
 """The paper's model-capacity experiment: narrower and wider LeNets on mnist5k.
 
     python examples/paper_capacity.py [--data-root ../shared/data/mnist5k] [--epochs 15]
-                                      [--lr 0.01] [--out docs/figures]
+                                      [--lr 0.01] [--out runs/paper]
 
 Trains ``lenet_mnist`` with every hidden channel count multiplied by 1/8, 1/4, 1/2, 1 and 2 (the
 ``width`` knob; SGD with momentum 0.9, one learning rate for all) on all 4,000 mnist5k training
@@ -27,7 +27,12 @@ def main() -> None:
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "mnist5k"))
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "figures")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "runs" / "paper",
+        help="where the figures go (docs/figures: the committed ones)",
+    )
     args = parser.parse_args()
     data = load_dataset("mnist", args.data_root)
     results = []

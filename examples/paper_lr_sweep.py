@@ -1,7 +1,7 @@
 """The paper's MNIST LeNet learning-rate sweep, reproduced on mnist5k.
 
     python examples/paper_lr_sweep.py [--data-root ../shared/data/mnist5k] [--epochs 20]
-                                      [--out docs/figures]
+                                      [--out runs/paper]
 
 Trains the paper's LeNet (``lenet_mnist``, SGD with momentum 0.9, batch 64) on all 4,000 mnist5k
 training images at a reference rate of 0.01 times and divided by factors from 1/100 to 30,
@@ -28,7 +28,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "mnist5k"))
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "figures")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "runs" / "paper",
+        help="where the figures go (docs/figures: the committed ones)",
+    )
     args = parser.parse_args()
     data = load_dataset("mnist", args.data_root)
     results = []

@@ -655,8 +655,14 @@ def write_report(
         images["spectrum"] = _png(
             plot_spectrum(
                 spectrum["db"],
-                title=f"trial #{best.number} (best): winning class {spectrum['winner']}, "
-                f"Maximum Gain {spectrum['gain']:.1f} dB",
+                title=f"trial #{best.number} (best): winning class {spectrum['winner']}, its "
+                f"Maximum Gain {spectrum['gain']:.1f} dB"
+                + (
+                    f" (the trial's gain, {(best.config or {}).get('gain_target', 'all')}: "
+                    f"{best.final_gain:.1f} dB)"
+                    if best.final_gain is not None
+                    else ""
+                ),
             )
         )
     noise = (best.label_noise if best is not None else None) or {}
