@@ -56,3 +56,19 @@ def test_the_readme_shows_the_committed_main_job_output() -> None:
     text = (ROOT / "README.md").read_text()
     block = text.split("```text\n", 1)[1].split("```", 1)[0]
     assert block == (ROOT / "docs" / "main-job.txt").read_text()
+
+
+def test_every_quoted_output_comes_from_the_script_that_writes_it() -> None:
+    """The README's main job is the command docs/outputs.py runs for docs/main-job.txt, and the
+    guide includes that file rather than a copy of it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("outputs", ROOT / "docs" / "outputs.py")
+    assert spec is not None and spec.loader is not None
+    outputs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(outputs)
+    command, _ = outputs.OUTPUTS["docs/main-job.txt"]
+    first = (ROOT / "README.md").read_text().split("```bash\n", 1)[1].splitlines()[0]
+    assert first.endswith(".venv/bin/" + " ".join(command)), first
+    for page in ("docs/getting-started.md", "docs/guide/searches.md"):
+        assert '--8<-- "docs/main-job.txt"' in (ROOT / page).read_text(), page
