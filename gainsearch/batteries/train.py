@@ -142,8 +142,10 @@ class TrainConfig:
             :data:`gainsearch.core.selection.SIGNALS` (default: the free ones; add
             ``"gradient_disparity"``, 5 extra forward and backward passes per epoch). See
             :mod:`gainsearch.core.signals` for their exact definitions.
-        select_by: Which epoch's weights the trial keeps: ``"last"`` (default) or a recorded
-            signal, lowest (smoothed) value wins (:mod:`gainsearch.core.selection`).
+        select_by: Which epoch's weights the trial keeps: ``"last"`` (default), a recorded
+            signal, lowest (smoothed) value wins (:mod:`gainsearch.core.selection`), or
+            ``"auto"``: the label-noise kind estimated so far picks the rule
+            (:func:`gainsearch.core.noise.auto_verdict`; measured in ``docs/label-noise.md``).
         patience: Stop once ``select_by`` has not improved for this many epochs; ``None``
             (default): train the whole budget.
         select_window: Readings in the trailing mean of ``select_by`` (1: the raw signal).
