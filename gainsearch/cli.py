@@ -826,8 +826,9 @@ def _fmt(value: Any) -> str:
 # -- diagnose ---------------------------------------------------------------------------------
 
 
-def _search_trial_history(folder: Path, trial: int | None, tmp: Path) -> Path:
-    """A search directory's trial (default: the best) as a history file ``diagnose`` reads."""
+def _search_trial_record(folder: Path, trial: int | None) -> dict[str, Any]:
+    """A search directory's trial (default: the best) as the record ``diagnose`` reads, in the
+    form of ``history.json``."""
     try:
         rows = json.loads((folder / "trials.json").read_text())["rows"]
     except (OSError, ValueError, KeyError) as err:
@@ -845,59 +846,60 @@ def _search_trial_history(folder: Path, trial: int | None, tmp: Path) -> Path:
         numbers = sorted(r.get("number") for r in rows)
         raise CliError(f"--trial {trial}: no such trial in {folder}; it has {numbers}.")
     losses = row.get("train_loss") or []
-    history = [
-        {
-            "epoch": e,
-            "gain": math.nan if g is None else g,
-            "train_loss": math.nan if e > len(losses) or losses[e - 1] is None else losses[e - 1],
-        }
-        for e, g in enumerate(row.get("gain_curve") or [], start=1)
-    ]
-    path = tmp / "history.json"
-    path.write_text(
-        json.dumps(
-            {
-                "history": history,
-                "selected_epoch": row.get("selected_epoch"),
-                "config": row.get("config") or {},
-                "status": row.get("state", ""),
-                "label_noise": row.get("label_noise"),
-            }
-        )
-    )
     print(f"trial:             #{trial} of {folder}")
-    return path
+    return {
+        "history": [
+            {
+                "epoch": e,
+                "gain": math.nan if g is None else g,
+                "train_loss": (
+                    math.nan if e > len(losses) or losses[e - 1] is None else losses[e - 1]
+                ),
+            }
+            for e, g in enumerate(row.get("gain_curve") or [], start=1)
+        ],
+        "selected_epoch": row.get("selected_epoch"),
+        "config": row.get("config") or {},
+        "status": row.get("state", ""),
+        "label_noise": row.get("label_noise"),
+    }
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    import tempfile
+    """The history is read once: a train's history.json (or its --out), a search's trial, a
+    JSON list or a text file of gains."""
+    from gainsearch.batteries.train import history_of, read_history
 
-    with tempfile.TemporaryDirectory() as tmp:
-        source: Path = args.history
-        if source.is_dir():
-            if (source / "history.json").is_file():
-                source = source / "history.json"
-            else:
-                source = _search_trial_history(source, args.trial, Path(tmp))
-        elif args.trial is not None:
-            raise CliError("--trial needs a search's directory as the history.")
-        args.history = source
-        return _diagnose(args)
+    source: Path = args.history
+    if args.trial is not None and not source.is_dir():
+        raise CliError("--trial needs a search's directory as the history.")
+    data: Any = None
+    if source.is_dir() and not (source / "history.json").is_file():
+        data = _search_trial_record(source, args.trial)
+    else:
+        source = source / "history.json" if source.is_dir() else source
+        try:
+            data = json.loads(source.read_text())
+        except (OSError, ValueError):
+            data = None  # read_history says why, or reads a text file of gains
+    if isinstance(data, dict):
+        history = history_of(data, source)
+        kept, noise = _kept_epoch(data), _label_noise_of(data)
+    else:
+        history, kept, noise = read_history(source), {}, None
+    return _diagnose(args, history, kept, noise)
 
 
-def _diagnose(args: argparse.Namespace) -> int:
-    from gainsearch.batteries.train import read_history
+def _diagnose(args: argparse.Namespace, history: Any, kept: dict[str, Any], noise: Any) -> int:
     from gainsearch.core.features import DiagnosisConfig, diagnose
 
-    gains, epochs, loss_diverged, losses = read_history(args.history)
+    gains, epochs, loss_diverged, losses = history
     config = DiagnosisConfig()
     if args.window is not None:
         config = config.with_overrides(window=args.window)
     result = diagnose(
         gains, epochs=epochs, config=config, diverged_epoch=loss_diverged, train_loss=losses
     )
-    kept = _kept_epoch(args.history)
-    noise = _label_noise_of(args.history)
     if args.json:
         extra = {"label_noise": noise.to_dict()} if noise and math.isfinite(noise.rate) else {}
         print(json.dumps({**result.to_dict(), **kept, **extra}, indent=2))
@@ -939,16 +941,12 @@ def _print_label_noise(noise: Any, label: str) -> None:
         print(" " * len(label) + "WARNING: " + NEEDS_SPLIT)
 
 
-def _label_noise_of(path: Path) -> Any:
-    """The label-noise diagnosis of a ``history.json`` whose records carry the fields (or the
-    stored one of a search's trial)."""
+def _label_noise_of(data: dict[str, Any]) -> Any:
+    """The label-noise diagnosis of a history whose records carry the fields (or the stored one
+    of a search's trial)."""
     from gainsearch.core.noise import LabelNoise, estimate_label_noise
 
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("history"), list):
+    if not isinstance(data.get("history"), list):
         return None
     from_records = estimate_label_noise([r for r in data["history"] if isinstance(r, dict)])
     stored = data.get("label_noise")
@@ -965,13 +963,9 @@ def _label_noise_of(path: Path) -> Any:
     return from_records
 
 
-def _kept_epoch(path: Path) -> dict[str, Any]:
-    """``selected_epoch``, ``select_by`` and ``status`` of a ``history.json`` that has them."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("selected_epoch") is None:
+def _kept_epoch(data: dict[str, Any]) -> dict[str, Any]:
+    """``selected_epoch``, ``select_by`` and ``status`` of a history that has them."""
+    if data.get("selected_epoch") is None:
         return {}
     return {
         "selected_epoch": int(data["selected_epoch"]),

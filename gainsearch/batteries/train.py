@@ -764,6 +764,11 @@ def read_history(path: str | Path) -> GainHistory:
                 f"history {path} is neither JSON nor a text file of one gain (dB) per line: {err}"
             ) from err
         return GainHistory(values, None, None, None)
+    return history_of(data, path)
+
+
+def history_of(data: Any, path: str | Path = "<data>") -> GainHistory:
+    """:func:`read_history` of JSON already parsed (``path`` names it in errors)."""
     if isinstance(data, dict) and isinstance(data.get("history"), list):
         records = data["history"]
         if not all(isinstance(r, dict) and "gain" in r for r in records):

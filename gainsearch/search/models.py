@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -217,8 +216,3 @@ def ray_model_file(checkpoint_dir: str | None, out: Path | None, filename: str) 
         except ValueError:
             pass
     return str(path)
-
-
-def kept_files(folder: Path) -> Iterable[Path]:
-    """The kept-weights files of a run (Optuna back end)."""
-    return sorted((folder / MODELS_DIR).glob("trial_*.pt"))
