@@ -120,6 +120,17 @@ def test_ray_names_the_kept_checkpoint_and_load_best_reads_it(tmp_path: Path) ->
     assert _accuracy(tuned.model) == pytest.approx(
         _accuracy(model_from_checkpoint(tuned.path, weights="selected")[0])
     )
+    # load_best itself on a trial that kept an earlier epoch (the best may have kept its last):
+    # best.json pointed at it, the loaded model tests as recorded at that kept epoch
+    rows = json.loads((run / "trials.json").read_text())["rows"]
+    early = next(r for r in rows if r["selected_epoch"] < r["epochs"])
+    summary = json.loads((run / "best.json").read_text())
+    summary["best"].update(number=early["number"], model_file=early["model_file"])
+    (run / "best.json").write_text(json.dumps(summary))
+    trial_dir = (run / early["model_file"]).parent.parent
+    results = [json.loads(x) for x in (trial_dir / "result.json").read_text().splitlines()]
+    recorded = next(x["test_acc"] for x in results if x["epoch"] == early["selected_epoch"])
+    assert _accuracy(gainsearch.load_best(run).model) == pytest.approx(recorded)
 
 
 def test_a_finished_search_says_nothing_to_run_and_diagnose_reads_its_trials(
