@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from gainsearch import create_model, load_dataset, maximum_gain
-from gainsearch.batteries.train import TrainConfig, _make_optimizer, _train_epoch
+from gainsearch.batteries.train import TrainConfig, make_optimizer, train_epoch
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist5k"
 
@@ -136,7 +136,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = create_model("lenet_mnist", data.in_shape, data.num_classes).to(device)
     config = TrainConfig(dataset="mnist", model="lenet_mnist", lr=0.01, batch_size=64)
-    optimizer = _make_optimizer(config, model)
+    optimizer = make_optimizer(config, model)
     generator = torch.Generator().manual_seed(0)
     x, y = data.x_train.to(device), data.y_train.to(device)
 
@@ -148,7 +148,7 @@ def main() -> None:
     for _ in range(args.epochs):
         sync()
         start = time.perf_counter()
-        _train_epoch(model, optimizer, x, y, config, generator)
+        train_epoch(model, optimizer, x, y, config, generator)
         sync()
         epoch_times.append(time.perf_counter() - start)
     epoch = statistics.median(epoch_times)
@@ -169,7 +169,7 @@ def main() -> None:
     # the stopping signals
     import numpy as np
 
-    from gainsearch.batteries.train import _disparity
+    from gainsearch.batteries.train import measure_disparity
     from gainsearch.core.signals import gain_trend, gain_variability, prediction_changes
 
     # prediction changes: what the trainer adds per batch (the argmax of the batch's logits
@@ -198,7 +198,7 @@ def main() -> None:
     for i in range(max(1, args.repeats // 5)):
         sync()
         start = time.perf_counter()
-        _disparity(model, x, y, config, i)
+        measure_disparity(model, x, y, config, i)
         sync()
         disparity_times.append(time.perf_counter() - start)
     disparity_s = statistics.median(disparity_times)

@@ -53,11 +53,11 @@ def main() -> None:
                 variant, out_dir=out, n_trials=args.trials, eval_test=True, heartbeat=None
             )
             wall = time.perf_counter() - start
-        epochs = sum(r["epochs"] for r in outcome.rows)
+        epochs = sum(r.epochs for r in outcome.rows)
         best = outcome.best["best"]
-        best_row = next(r for r in outcome.rows if r["number"] == best["number"])
-        pruned = sum(r["state"] == "pruned" for r in outcome.rows)
-        results[label] = (epochs, wall, best_row["test_acc"], best["params"]["lr"], pruned)
+        best_row = next(r for r in outcome.rows if r.number == best["number"])
+        pruned = sum(r.state == "pruned" for r in outcome.rows)
+        results[label] = (epochs, wall, best_row.test_acc, best["params"]["lr"], pruned)
 
     print(
         f"spec: {args.spec.name}, {args.trials} trials, TPE seed {spec.seed}, "

@@ -35,7 +35,7 @@ def main() -> None:
             start = time.perf_counter()
             outcome = run_tuner(spec, out_dir=out, n_trials=args.trials, max_concurrent=concurrent)
             minutes = (time.perf_counter() - start) / 60
-        done = sum(r["state"] in ("complete", "pruned") for r in outcome.rows)
+        done = sum(r.state in ("complete", "pruned") for r in outcome.rows)
         rates[concurrent] = done / minutes
         print(
             f"max_concurrent={concurrent}: {done} trials in {60 * minutes:.1f} s = "

@@ -135,7 +135,9 @@ def _add_search(sub: Any) -> None:
         "--storage", help="Optuna storage URL of the study (default sqlite:///OUT/study.db)"
     )
     search.add_argument("--study-name", help="study name (default: the spec's name)")
-    search.add_argument("--workers", type=int, default=1, help="parallel worker processes (1)")
+    search.add_argument(
+        "--workers", type=int, default=argparse.SUPPRESS, help="parallel worker processes (1)"
+    )
     search.add_argument(
         "--heartbeat", type=int, default=10, help="heartbeat seconds; 0 turns it off (10)"
     )
@@ -143,12 +145,12 @@ def _add_search(sub: Any) -> None:
     search.add_argument(
         "--retry-failed",
         type=int,
-        default=0,
+        default=argparse.SUPPRESS,
         help="re-queue a trial whose worker died, up to N times (optuna, needs --heartbeat)",
     )
     search.add_argument(
         "--keep",
-        default="1",
+        default=argparse.SUPPRESS,
         help="optuna: the best K complete trials keep their kept epoch's weights in "
         "OUT/models/ (1: the best only), 'all' or 'none' (Ray keeps Tune's checkpoints)",
     )
@@ -181,23 +183,27 @@ def _add_search(sub: Any) -> None:
 
 def _add_ray_options(ray_opts: Any) -> None:
     """The options of ``search --backend ray`` (refused with ``--backend optuna``)."""
-    ray_opts.add_argument("--max-concurrent", type=int, default=2, help="trials at once (2)")
-    ray_opts.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (1)")
-    ray_opts.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (0)")
+    unset = argparse.SUPPRESS  # told from a given flag; the defaults are BACKEND_ONLY's
+    ray_opts.add_argument("--max-concurrent", type=int, default=unset, help="trials at once (2)")
+    ray_opts.add_argument("--cpus-per-trial", type=float, default=unset, help="CPUs per trial (1)")
+    ray_opts.add_argument("--gpus-per-trial", type=float, default=unset, help="GPUs per trial (0)")
     ray_opts.add_argument(
-        "--address", help="join a running cluster: auto, host:port or ray://host:10001"
+        "--address",
+        default=unset,
+        help="join a running cluster: auto, host:port or ray://host:10001",
     )
     ray_opts.add_argument(
         "--storage-path",
+        default=unset,
         help="results location (default OUT/ray_results); shared path or bucket URI on clusters",
     )
     ray_opts.add_argument(
-        "--max-failures", type=int, default=3, help="restarts per trial from its checkpoint (3)"
+        "--max-failures", type=int, default=unset, help="restarts per trial from its checkpoint (3)"
     )
     ray_opts.add_argument(
         "--reuse-actors",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=unset,
         help="run the next trial in a finished trial's process (Tune's reuse_actors; default "
         "on: no new process and torch import per trial); --no-reuse-actors: a fresh process "
         "per trial, for model code that keeps global state",
@@ -373,24 +379,19 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _attribute_docs(doc: str) -> dict[str, str]:
-    """``name: description`` entries of a Google-style docstring, roles and markup removed."""
+    """``name: description`` entries of a Google-style docstring (read by ``docstring_parser``),
+    on one line, Sphinx roles and literal markup removed (for ``--help``)."""
     import re
 
-    out: dict[str, str] = {}
-    name = None
-    for line in doc.splitlines():
-        entry = re.match(r"^\s{8}(\w+): (.*)$", line)
-        if entry:
-            name, out[entry[1]] = entry[1], entry[2].strip()
-        elif name and re.match(r"^\s{12}\S", line):
-            out[name] += " " + line.strip()
-        else:
-            name = None
-    clean = {}
-    for key, text in out.items():
-        text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
-        clean[key] = text
-    return clean
+    import docstring_parser
+
+    return {
+        entry.arg_name: re.sub(
+            r":\w+:`~?([^`]+)`", r"\1", " ".join(entry.description.split())
+        ).replace("``", "")
+        for entry in docstring_parser.parse(doc, docstring_parser.DocstringStyle.GOOGLE).params
+        if entry.description
+    }
 
 
 def _json_mapping(name: str) -> Callable[[str], dict[str, Any]]:
@@ -530,36 +531,21 @@ def _cmd_search(args: argparse.Namespace) -> int:
         spec = spec.with_train(**overrides)
     if args.quiet:
         args.progress = "none"
-    ray_only = [
-        flag
-        for flag, value, default in (
-            ("--address", args.address, None),
-            ("--storage-path", args.storage_path, None),
-            ("--max-concurrent", args.max_concurrent, 2),
-            ("--cpus-per-trial", args.cpus_per_trial, 1.0),
-            ("--gpus-per-trial", args.gpus_per_trial, 0.0),
-            ("--max-failures", args.max_failures, 3),
-            ("--no-reuse-actors", args.reuse_actors, True),
-        )
-        if value != default
-    ]
-    if ray_only and args.backend == "optuna":
-        raise CliError(f"{', '.join(ray_only)} belong(s) to --backend ray, not optuna.")
-    optuna_only = [
-        flag
-        for flag, value, default in (
-            ("--retry-failed", args.retry_failed, 0),
-            ("--workers", args.workers, 1),
-            ("--keep", args.keep, "1"),
-        )
-        if value != default
-    ]
-    if optuna_only and args.backend == "ray":
+    given = {  # back-end-only flags given on the command line (parsed with SUPPRESS)
+        backend: [_flag(dest, getattr(args, dest)) for dest in flags if hasattr(args, dest)]
+        for backend, flags in BACKEND_ONLY.items()
+    }
+    if given["ray"] and args.backend == "optuna":
+        raise CliError(f"{', '.join(given['ray'])} belong(s) to --backend ray, not optuna.")
+    if given["optuna"] and args.backend == "ray":
         raise CliError(
-            f"{', '.join(optuna_only)} belong(s) to --backend optuna, not ray: on Ray, "
+            f"{', '.join(given['optuna'])} belong(s) to --backend optuna, not ray: on Ray, "
             "--max-concurrent sets the trials at once and --max-failures the restarts of a "
             "failed trial from its checkpoint."
         )
+    for flags in BACKEND_ONLY.values():
+        for dest, default in flags.items():
+            setattr(args, dest, getattr(args, dest, default))
     return _search(args, spec)
 
 
@@ -576,6 +562,28 @@ def _cmd_report(args: argparse.Namespace) -> int:
     print(f"report:      {path}")
     print(f"figures:     {', '.join(sorted(p.name for p in path.parent.glob('*.png')))}")
     return 0
+
+
+#: The flags of one back end only (refused with the other) and their defaults. They are parsed
+#: with ``argparse.SUPPRESS``, so a flag given on the command line is told from its default.
+BACKEND_ONLY: dict[str, dict[str, Any]] = {
+    "ray": {
+        "address": None,
+        "storage_path": None,
+        "max_concurrent": 2,
+        "cpus_per_trial": 1.0,
+        "gpus_per_trial": 0.0,
+        "max_failures": 3,
+        "reuse_actors": True,
+    },
+    "optuna": {"retry_failed": 0, "workers": 1, "keep": "1"},
+}
+
+
+def _flag(dest: str, value: Any) -> str:
+    """The command-line flag of ``dest`` as given (``--no-reuse-actors`` for False)."""
+    flag = "--" + dest.replace("_", "-")
+    return flag.replace("--", "--no-", 1) if value is False else flag
 
 
 #: Flags passed on to the runners under their own names.

@@ -232,9 +232,10 @@ def _log_params(spec: Mapping[str, Any]) -> set[str]:
 def _load_storage(url: str, study_name: str | None) -> RunData:
     import optuna
 
+    from gainsearch.search.record import read_study, trial_rows
     from gainsearch.search.results import redact
     from gainsearch.search.spaces import parse_spec
-    from gainsearch.search.study import best_summary, make_storage, trial_rows
+    from gainsearch.search.study import make_storage
 
     storage = make_storage(url, heartbeat=None)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
@@ -253,7 +254,8 @@ def _load_storage(url: str, study_name: str | None) -> RunData:
     rows = trial_rows(study)
     best: dict[str, Any] = {"study_name": study_name}
     if spec_dict:
-        best.update(best_summary(study, parse_spec(spec_dict)))
+        rows, summary = read_study(study, parse_spec(spec_dict))
+        best.update(summary)
     return RunData(
         rows=rows,
         best=best,
@@ -772,9 +774,9 @@ def _html(run: RunData, images: Mapping[str, bytes]) -> str:
     top = run.best.get("best") if isinstance(run.best, Mapping) else None
     if best is not None and top:
         parts += [
-            f"<p>Trial <b>#{best['number']}</b>: {e(_fmt(best['params']))}; "
-            f"{e(_fmt(top.get('values')))}; diagnosis <b>{e(str(best.get('diagnosis', '')))}</b>"
-            f"{': ' + e(str(best['diagnosis_reason'])) if best.get('diagnosis_reason') else ''}"
+            f"<p>Trial <b>#{best.number}</b>: {e(_fmt(best.params))}; "
+            f"{e(_fmt(top.get('values')))}; diagnosis <b>{e(best.diagnosis)}</b>"
+            f"{': ' + e(best.diagnosis_reason) if best.diagnosis_reason else ''}"
             ".</p>",
             f"<pre>{e(json.dumps(top.get('config', {}), indent=2))}</pre>",
         ]
@@ -820,7 +822,7 @@ def _html(run: RunData, images: Mapping[str, bytes]) -> str:
     parts += [f"<th>{e(h)}</th>" for h in head]
     parts.append("</tr></thead><tbody>")
     for r in sorted(run.rows, key=lambda r: r.number):
-        klass = "best" if best is not None and r.number == best["number"] else r.state
+        klass = "best" if best is not None and r.number == best.number else r.state
         why = r.prune_reason or r.diagnosis_reason or ""
         cells = [
             r.number,

@@ -84,7 +84,7 @@ def test_gain_pruner_waits_for_enough_peers(peers: int, expected: bool) -> None:
 
 def test_the_value_curve_read_back_keeps_its_last_epoch(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Bug: the value curve read back from the study lost its last epoch."""
-    from gainsearch.search.study import trial_rows
+    from gainsearch.search.record import trial_rows
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
     t = study.ask()

@@ -294,6 +294,64 @@ def test_ray_backend_interrupted_then_resumed_by_the_same_command(
     assert page.count('src="data:image/png;base64,') == 5  # with the label-noise figure
 
 
+def test_a_sigkilled_ray_driver_loses_no_finished_trial_from_the_study(tmp_path: Path) -> None:
+    """Issue 30: the Ray back end records each trial in the study as it ends. A driver killed
+    with SIGKILL (no handler runs, nothing is written at the end) leaves the study with every
+    trial that had finished; the same command resumes, and the study then holds each trial
+    once, the ones recorded before the kill unchanged."""
+    pytest.importorskip("ray.tune")
+    # 5 trials one at a time: once the first is recorded, 4 more (seconds) are left to kill in
+    spec = write_spec(tmp_path, RAY_SPEC.replace("epochs: 6", "epochs: 4"))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "gainsearch", "search", str(spec), "--backend", "ray"]
+    command += ["--trials", "5", "--max-concurrent", "1", "--out", str(out), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    storage = f"sqlite:///{out / 'study.db'}"
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        wait_until(
+            lambda: count_finished(out / "study.db") >= 1,
+            timeout=400,
+            what="a trial recorded in the study",
+            proc=proc,
+            poll=0.1,
+        )
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        proc.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not (out / "trials.csv").exists()  # nothing ran at the end: the study is the record
+
+    def recorded() -> dict[str, tuple]:
+        study = optuna.load_study(study_name="ray_cli", storage=storage)
+        ids = [t.user_attrs["ray_trial_id"] for t in study.trials]
+        assert len(ids) == len(set(ids)), ids  # no trial recorded twice
+        return {
+            t.user_attrs["ray_trial_id"]: (t.state, t.params, t.value, t.intermediate_values)
+            for t in study.trials
+        }
+
+    before = recorded()
+    assert 1 <= len(before) < 5, len(before)  # killed mid-search, with trials recorded
+    assert all(s == optuna.trial.TrialState.COMPLETE for s, *_ in before.values())
+    rerun = subprocess.run(
+        [*command[:-1], "--progress", "jsonl"], env=env, capture_output=True, timeout=400
+    )
+    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+    events = [json.loads(line) for line in rerun.stdout.decode().splitlines()]
+    # the kill landed while trials were left to run (not between the end of the search and
+    # the end of the run, when a study written at the end would hold every trial too)
+    assert any(e.get("running") for e in events), events
+    after = recorded()
+    assert len(after) == 5 and all(
+        s == optuna.trial.TrialState.COMPLETE for s, *_ in after.values()
+    )
+    assert {k: after[k] for k in before} == before  # kept as they were
+
+
 RECIPE = """\
 name: recipe
 train: {dataset: digits, model: resnet20, width: 0.125, epochs: 2, batch_size: 256,

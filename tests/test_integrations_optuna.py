@@ -206,19 +206,16 @@ SPEC = parse_spec(
 
 
 def decisions(rows: list[dict]) -> list[tuple]:
-    return [
-        (r["number"], r["state"], r["params"], r["value"], r["prune_reason"], r["diagnosis"])
-        for r in rows
-    ]
+    return [(r.number, r.state, r.params, r.value, r.prune_reason, r.diagnosis) for r in rows]
 
 
 def test_test_metrics_change_no_decision(tmp_path: Path) -> None:
     plain = run_study(SPEC, out_dir=tmp_path / "a", n_trials=6, heartbeat=None)
     evaluated = run_study(SPEC, out_dir=tmp_path / "b", n_trials=6, eval_test=True, heartbeat=None)
     assert decisions(plain.rows) == decisions(evaluated.rows)
-    assert all(r["test_acc"] is None for r in plain.rows)
-    assert all(r["test_acc"] is not None for r in evaluated.rows if r["epochs"])
-    assert {r["state"] for r in plain.rows} >= {"complete", "pruned"}
+    assert all(r.test_acc is None for r in plain.rows)
+    assert all(r.test_acc is not None for r in evaluated.rows if r.epochs)
+    assert {r.state for r in plain.rows} >= {"complete", "pruned"}
 
 
 def test_resume_keeps_finished_trials_and_tops_up(tmp_path: Path) -> None:
@@ -255,12 +252,12 @@ def sampled(first: int, n: int) -> list[float]:
 
 def test_parallel_workers_share_one_storage(tmp_path: Path) -> None:
     outcome = run_study(SPEC, out_dir=tmp_path, n_trials=4, workers=2, heartbeat=None)
-    finished = [r for r in outcome.rows if r["state"] in ("complete", "pruned")]
+    finished = [r for r in outcome.rows if r.state in ("complete", "pruned")]
     assert 4 <= len(finished) <= 5  # trials running when the count is reached still finish
-    assert not [r for r in outcome.rows if r["state"] == "running"]
+    assert not [r for r in outcome.rows if r.state == "running"]
     # no duplicate: each worker samples its own sequence (a sampler seeded by the spec alone
     # made both workers run the same learning rates), and each trial ran in one worker
-    lrs = [r["params"]["lr"] for r in outcome.rows]
+    lrs = [r.params["lr"] for r in outcome.rows]
     assert len(set(lrs)) == len(lrs), lrs
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study.db'}")
     workers = {t.user_attrs["worker"] for t in study.trials}
@@ -305,7 +302,7 @@ def test_timeout_stops_starting_new_trials(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(optuna_backend, "_now", lambda: float(next(ticks)))
     outcome = run_study(SPEC, out_dir=tmp_path, n_trials=6, timeout=2.5, heartbeat=None)
     assert len(outcome.rows) == 2
-    assert {r["state"] for r in outcome.rows} <= {"complete", "pruned"}
+    assert {r.state for r in outcome.rows} <= {"complete", "pruned"}
     assert not outcome.interrupted
 
 
@@ -363,7 +360,7 @@ def test_a_second_signal_stops_at_once(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(optuna_backend, "report_gain", report_then_signal)
     outcome = run_study(SPEC, out_dir=tmp_path, n_trials=5, heartbeat=None)
     assert outcome.interrupted and reached == ["after the first"]
-    assert [r["state"] for r in outcome.rows] == ["fail"]
+    assert [r.state for r in outcome.rows] == ["fail"]
 
 
 def test_a_signal_between_trials_stops_before_the_next(tmp_path: Path) -> None:
@@ -376,7 +373,7 @@ def test_a_signal_between_trials_stops_before_the_next(tmp_path: Path) -> None:
 
     outcome = run_study(SPEC, out_dir=tmp_path, n_trials=5, heartbeat=None, progress=progress)
     assert outcome.interrupted
-    assert [r["state"] for r in outcome.rows] in (["complete"], ["pruned"])
+    assert [r.state for r in outcome.rows] in (["complete"], ["pruned"])
 
 
 def test_an_ignored_signal_stays_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

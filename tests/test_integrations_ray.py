@@ -177,26 +177,24 @@ def test_two_node_search_survives_losing_a_worker(two_node_cluster, tmp_path: Pa
     assert removed.is_set(), "no trial ran on the worker node"
     rows = outcome.rows
     assert len(rows) == 4
-    assert all(r["state"] in ("complete", "pruned") for r in rows), [
-        r["prune_reason"] for r in rows
-    ]
-    nodes = {n for r in rows for n in r["nodes"]}
+    assert all(r.state in ("complete", "pruned") for r in rows), [r.prune_reason for r in rows]
+    nodes = {n for r in rows for n in r.nodes}
     assert worker_id in nodes and len(nodes) == 2  # trials ran on both nodes
     for r in rows:  # a restarted trial resumed from its last checkpoint: no gap, never back
         # more than the epoch in flight (Ray delivers results at least once: if the node dies
         # between an epoch's report and the driver registering its checkpoint, that one epoch
         # is trained and reported again; seen once in CI), and the curve has one reading each
-        log = r["epoch_log"]
-        assert sorted(set(log)) == list(range(1, r["epochs"] + 1)), log
+        log = r.epoch_log
+        assert sorted(set(log)) == list(range(1, r.epochs + 1)), log
         assert log == sorted(log), log
         assert len(log) - len(set(log)) <= 1, log
-        assert len(r["gain_curve"]) == r["epochs"]
+        assert len(r.gain_curve) == r.epochs
     for r in rows:  # the scheduler's evaluation, stored in the results by GainResults
-        assert r["diagnosis"] and r["diagnosis_reason"], r
-        assert r["prune_rule"] in (
-            ("diverged", "too_variable", "below_percentile") if r["state"] == "pruned" else ("",)
+        assert r.diagnosis and r.diagnosis_reason, r
+        assert r.prune_rule in (
+            ("diverged", "too_variable", "below_percentile") if r.state == "pruned" else ("",)
         )
-    moved = [r for r in rows if len(r["nodes"]) == 2]
+    moved = [r for r in rows if len(r.nodes) == 2]
     assert moved, "the interrupted trial should have finished on the head node"
     table = (tmp_path / "out" / "trials.csv").read_text().splitlines()
     assert table[0].startswith("number,state,lr,value") and len(table) == 5
@@ -261,8 +259,8 @@ def test_diverged_trials_without_a_gain_scheduler(
         outcome = run_tuner(spec, out_dir=tmp_path, n_trials=2, max_concurrent=1)
     said = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
     assert not [m for m in said if "is not acceptable" in m], said
-    assert [r["state"] for r in outcome.rows] == ["pruned", "pruned"]
-    assert all(r["prune_reason"].startswith("diverged") for r in outcome.rows)
+    assert [r.state for r in outcome.rows] == ["pruned", "pruned"]
+    assert all(r.prune_reason.startswith("diverged") for r in outcome.rows)
     assert outcome.best["best"] is None
 
 
@@ -274,15 +272,15 @@ def test_ray_schedulers_on_the_gain_score_mark_stopped_trials(tmp_path: Path, pr
     wide = {"lr": {"type": "float", "low": 1e-5, "high": 0.05, "log": True}}  # some far too low
     spec = parse_spec({**spec.to_dict(), "search": wide})
     outcome = run_tuner(spec, out_dir=tmp_path, n_trials=5, max_concurrent=1)  # deterministic
-    states = [r["state"] for r in outcome.rows]
+    states = [r.state for r in outcome.rows]
     assert len(states) == 5 and "interrupted" not in states and "failed" not in states
     assert "pruned" in states and "complete" in states, states
     for r in outcome.rows:
-        if r["state"] == "pruned":
-            assert r["prune_reason"].startswith(("stopped at epoch", "diverged"))
-            assert r["prune_rule"] in ("pruner", "diverged")
-            assert r["epochs"] < 4
-        assert r["diagnosis_reason"]  # GainResults diagnosed it against its peers
+        if r.state == "pruned":
+            assert r.prune_reason.startswith(("stopped at epoch", "diverged"))
+            assert r.prune_rule in ("pruner", "diverged")
+            assert r.epochs < 4
+        assert r.diagnosis_reason  # GainResults diagnosed it against its peers
 
 
 def test_resume_with_another_spec_is_refused(tmp_path: Path) -> None:
@@ -317,15 +315,15 @@ def test_timeout_lets_running_trials_finish_and_the_same_call_continues(
     spec = SPEC.with_train(batch_size=256, epochs=2)
     first = run_tuner(spec, out_dir=tmp_path, n_trials=5, max_concurrent=2, timeout=60)
     assert len(first.rows) == 2 and not first.interrupted
-    assert {r["state"] for r in first.rows} <= {"complete", "pruned"}, first.rows
-    assert all(r["epochs"] == 2 for r in first.rows if r["state"] == "complete")
+    assert {r.state for r in first.rows} <= {"complete", "pruned"}, first.rows
+    assert all(r.epochs == 2 for r in first.rows if r.state == "complete")
 
     # later: past the first deadline, not the new one (the restored search gets the new one)
     monkeypatch.setattr(ray_backend, "_now", lambda: 1000.0)
     again = run_tuner(spec, out_dir=tmp_path, n_trials=5, max_concurrent=2, timeout=60)
     assert len(again.rows) == 5 and not again.interrupted
-    assert [(r["trial_id"], r["value"]) for r in again.rows[:2]] == [
-        (r["trial_id"], r["value"]) for r in first.rows
+    assert [(r.trial_id, r.value) for r in again.rows[:2]] == [
+        (r.trial_id, r.value) for r in first.rows
     ]
 
 
@@ -521,7 +519,7 @@ def test_the_ray_study_is_the_record_the_optuna_back_end_keeps(tmp_path: Path) -
     url = f"sqlite:///{tmp_path / 'ray' / 'study.db'}"
     assert table(url) == table(str(tmp_path / "ray"))
     # written once: the rows of the run written again add nothing
-    from gainsearch.search.study import write_trials
+    from gainsearch.search.record import write_trials
 
     study = optuna.load_study(study_name="record", storage=url)
     assert write_trials(study, load_run(str(tmp_path / "ray")).rows, spec) == 0

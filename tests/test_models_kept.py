@@ -11,7 +11,7 @@ import torch
 
 import gainsearch
 from gainsearch.batteries.data import load_dataset
-from gainsearch.batteries.train import _evaluate
+from gainsearch.batteries.train import evaluate_model
 from gainsearch.cli import main
 from gainsearch.search.models import check_keep
 from gainsearch.search.run_optuna import run_study
@@ -36,7 +36,7 @@ SPEC = parse_spec(
 
 def _accuracy(model: torch.nn.Module) -> float:
     data = load_dataset("digits")
-    return _evaluate(model, data.x_test, data.y_test, 256)[1]
+    return evaluate_model(model, data.x_test, data.y_test, 256)[1]
 
 
 def _best_row(run: Path) -> dict:

@@ -179,7 +179,7 @@ def test_select_by_auto_keeps_what_its_replay_keeps(digits, shift: str, tmp_path
     """The trainer applies auto exactly as the analysis replays it (auto_verdict on the records
     so far), stops where it says, and hands back the kept epoch's weights (their test accuracy
     is the one recorded at that epoch); a resumed run keeps the same."""
-    from gainsearch.batteries.train import _evaluate, train_trial
+    from gainsearch.batteries.train import evaluate_model, train_trial
     from gainsearch.core.noise import auto_verdict
 
     noisy = _noisy_digits(digits, shift)
@@ -202,7 +202,7 @@ def test_select_by_auto_keeps_what_its_replay_keeps(digits, shift: str, tmp_path
     assert result.selected_epoch == verdict.epoch
     assert (result.status == "early_stopped") == verdict.stop
     kept = history[verdict.epoch - 1]
-    _, acc = _evaluate(result.model, noisy.x_test, noisy.y_test, 256)
+    _, acc = evaluate_model(result.model, noisy.x_test, noisy.y_test, 256)
     assert acc == pytest.approx(kept["test_acc"])
     if shift == "pairflip":
         assert verdict.kind == "class-dependent" and verdict.stop

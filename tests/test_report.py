@@ -32,6 +32,7 @@ from gainsearch.report import (
     write_report,
     write_sweep,
 )
+from gainsearch.search.results import TrialRow
 
 SPEC = """\
 name: report_e2e
@@ -97,13 +98,13 @@ def test_search_writes_figures_and_a_self_contained_report(
     search: tuple[Path, list[dict]],
 ) -> None:
     out, _ = search
-    rows = json.loads((out / "trials.json").read_text())["rows"]
-    assert len(rows) == 7 and {r["state"] for r in rows} >= {"complete", "pruned"}
-    assert any("diverged" in r["prune_reason"] for r in rows)
+    rows = [TrialRow.from_dict(r) for r in json.loads((out / "trials.json").read_text())["rows"]]
+    assert len(rows) == 7 and {r.state for r in rows} >= {"complete", "pruned"}
+    assert any("diverged" in r.prune_reason for r in rows)
     for r in rows:
-        assert len(r["gain_curve"]) == r["epochs"] == len(r["train_loss"])
-    complete = [r for r in rows if r["state"] == "complete"]
-    assert all(np.asarray(r["spectrum"]["db"]).shape == (1, 8, 8) for r in complete)
+        assert len(r.gain_curve) == r.epochs == len(r.train_loss)
+    complete = [r for r in rows if r.state == "complete"]
+    assert all(np.asarray(r.spectrum["db"]).shape == (1, 8, 8) for r in complete)
     sizes = {}
     for stem in ("curves", "features", "diagnosis", "spectrum", "labels"):
         sizes[stem] = png_size((out / f"{stem}.png").read_bytes())
@@ -121,9 +122,9 @@ def test_search_writes_figures_and_a_self_contained_report(
     best = json.loads((out / "best.json").read_text())["best"]
     assert f"Trial <b>#{best['number']}</b>" in page
     for r in rows:  # the trial table has every trial, its diagnosis and its prune reason
-        assert f"<td>{r['number']}</td>" in page
-        if r["prune_reason"]:
-            assert r["prune_reason"].split(":")[0] in page
+        assert f"<td>{r.number}</td>" in page
+        if r.prune_reason:
+            assert r.prune_reason.split(":")[0] in page
 
 
 def test_report_command_from_the_directory_and_from_the_storage(
@@ -136,8 +137,8 @@ def test_report_command_from_the_directory_and_from_the_storage(
     assert main(["report", url, "--out", str(tmp_path / "b")]) == 0  # the only study: no name
     assert main(["report", url, "--study-name", "report_e2e", "--out", str(tmp_path / "c")]) == 0
     from_dir, from_db = load_run(out), load_run(url)
-    assert [r["number"] for r in from_dir.rows] == [r["number"] for r in from_db.rows]
-    assert [r["gain_curve"] for r in from_dir.rows] == [r["gain_curve"] for r in from_db.rows]
+    assert [r.number for r in from_dir.rows] == [r.number for r in from_db.rows]
+    assert [r.gain_curve for r in from_dir.rows] == [r.gain_curve for r in from_db.rows]
     assert from_db.best["best"]["number"] == from_dir.best["best"]["number"]
     for folder in "abc":
         files = sorted(p.name for p in (tmp_path / folder).iterdir())
@@ -248,7 +249,7 @@ def test_spectrum_figure_from_a_model_and_from_stored_spectra() -> None:
 
 def test_report_of_a_run_without_completed_trials(tmp_path: Path) -> None:
     run = synthetic_run()
-    run.rows = [r for r in run.rows if r["state"] != "complete"]
+    run.rows = [r for r in run.rows if r.state != "complete"]
     path = write_report(run, tmp_path)
     page = path.read_text()
     assert "No trial has completed yet." in page and page.count("<img ") == 3  # no spectrum
@@ -335,11 +336,11 @@ def test_a_sweep_of_your_own_results_makes_a_report(tmp_path: Path) -> None:
     results = [train_trial({**base, "lr": lr}) for lr in (0.001, 0.05, 50.0)]
     run = RunData.from_results(results, ["lr"], source="sweep")
     assert run.log_params == {"lr"} and run.color_param == "lr"
-    assert [r["state"] for r in run.rows] == ["complete", "complete", "pruned"]
-    assert run.rows[2]["diagnosis"] == "diverged" and "non-finite" in run.rows[2]["prune_reason"]
-    assert run.rows[0]["gain_curve"] == results[0].gains
+    assert [r.state for r in run.rows] == ["complete", "complete", "pruned"]
+    assert run.rows[2].diagnosis == "diverged" and "non-finite" in run.rows[2].prune_reason
+    assert run.rows[0].gain_curve == results[0].gains
     curve = [h["test_acc"] for h in results[0].history]  # final value, as in a search's rows
-    assert run.rows[0]["test_acc"] == curve[-1] and run.rows[0]["test_acc_curve"] == curve
+    assert run.rows[0].test_acc == curve[-1] and run.rows[0].test_acc_curve == curve
     lines = plot_per_epoch(run, "test_acc_curve", "test accuracy").axes[0].get_lines()
     assert [len(line.get_xdata()) for line in lines] == [3, 3, 1]  # the diverged one: 1 epoch
     page = write_report(run, tmp_path).read_text()

@@ -56,7 +56,7 @@ def test_prediction_changes_are_those_of_the_training_forward_passes(
     """Rebuilt independently: a forward hook sees every training-mode batch, and the epoch's
     shuffle order (the trainer's seeded generator) says which examples they were."""
     outputs: list[torch.Tensor] = []
-    build = train_module._build_model
+    build = train_module.build_model
 
     def hooked(*args: object, **kwargs: object) -> torch.nn.Module:
         model = build(*args, **kwargs)
@@ -65,7 +65,7 @@ def test_prediction_changes_are_those_of_the_training_forward_passes(
         )
         return model
 
-    monkeypatch.setattr(train_module, "_build_model", hooked)
+    monkeypatch.setattr(train_module, "build_model", hooked)
     config = TrainConfig.from_dict({**FAST, "epochs": 3})
     result = train_trial(config, data=digits)
     n = digits.x_train.shape[0]

@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from gainsearch.core.spectral import _check_in_shape
+from gainsearch.core.spectral import check_in_shape
 
 __all__ = ["MODELS", "check_model_name", "create_model", "list_models", "register_model"]
 
@@ -95,7 +95,7 @@ def create_model(
             count or width, or an input too small for the architecture.
     """
     check_model_name(name)
-    shape = _check_in_shape(in_shape)
+    shape = check_in_shape(in_shape)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(
             f"num_classes must be an integer >= 2, but got num_classes={num_classes!r}."

@@ -58,7 +58,7 @@ from gainsearch.core.signals import (
     gradient_disparity,
     prediction_changes,
 )
-from gainsearch.core.spectral import _check_target
+from gainsearch.core.spectral import check_target
 
 __all__ = [
     "COMPLETED",
@@ -70,8 +70,13 @@ __all__ = [
     "TrainConfig",
     "TrialResult",
     "augment_batch",
+    "build_model",
+    "evaluate_model",
     "load_checkpoint",
     "lr_factor",
+    "make_optimizer",
+    "measure_disparity",
+    "train_epoch",
     "train_trial",
 ]
 
@@ -249,7 +254,7 @@ class TrainConfig:
         if self.data_root is not None and not isinstance(self.data_root, str):
             fail("data_root", "a path string or None")
         try:
-            _check_target(self.gain_target)
+            check_target(self.gain_target)
         except ValueError:
             fail("gain_target", "'winner', 'all' or a non-negative class index")
         try:
@@ -459,10 +464,10 @@ def train_trial(
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = _build_model(cfg, data.in_shape, data.num_classes).to(device)
+    model = build_model(cfg, data.in_shape, data.num_classes).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = _make_optimizer(cfg, model)
+    optimizer = make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(data.x_train.shape[0] / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, functools.partial(lr_factor, cfg, steps_per_epoch)
@@ -552,7 +557,7 @@ def train_trial(
         for epoch in range(start_epoch, cfg.epochs + 1):
             started = time.perf_counter()
             predictions.fill_(-1)
-            train_loss, lr_last, objective = _train_epoch(
+            train_loss, lr_last, objective = train_epoch(
                 model,
                 optimizer,
                 x_train,
@@ -594,9 +599,13 @@ def train_trial(
                 previous_predictions = now
             record.update(_curve_signals(cfg, gain_monitor))
             if "gradient_disparity" in cfg.signals:
-                record["gradient_disparity"] = _disparity(model, x_train, y_train, cfg, epoch)
+                record["gradient_disparity"] = measure_disparity(
+                    model, x_train, y_train, cfg, epoch
+                )
             if cfg.eval_test:
-                test_loss, test_acc = _evaluate(model, data.x_test, data.y_test, cfg.batch_size)
+                test_loss, test_acc = evaluate_model(
+                    model, data.x_test, data.y_test, cfg.batch_size
+                )
                 record.update(test_loss=test_loss, test_acc=test_acc)
             history.append(record)
             selection = None
@@ -727,7 +736,7 @@ def model_from_checkpoint(
             f"checkpoint {path} does not record its input shape and classes: pass in_shape and "
             "num_classes."
         )
-    model = _build_model(config, shape, int(classes))
+    model = build_model(config, shape, int(classes))
     kept = (state.get("selection") or {}).get("model")
     model.load_state_dict(kept if weights == "selected" and kept is not None else state["model"])
     return model, state
@@ -803,7 +812,9 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _build_model(cfg: TrainConfig, in_shape: Sequence[int], num_classes: int) -> nn.Module:
+def build_model(cfg: TrainConfig, in_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """The configuration's model (``model``, ``width``, ``dropout``, ``model_args``) for inputs of
+    ``in_shape`` and ``num_classes`` classes, freshly initialised."""
     kwargs: dict[str, Any] = dict(cfg.model_args)
     if cfg.dropout is not None:
         kwargs["dropout"] = cfg.dropout
@@ -822,7 +833,7 @@ def _curve_signals(cfg: TrainConfig, gain_monitor: GainMonitor) -> dict[str, flo
     return out
 
 
-def _disparity(
+def measure_disparity(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, epoch: int
 ) -> float:
     """Gradient disparity after ``epoch``: 5 batches of the trial's batch size (smaller on a
@@ -848,7 +859,9 @@ def _select(cfg: TrainConfig, history: Sequence[Mapping[str, Any]]) -> tuple[Sel
     return selection, {selection.epoch}
 
 
-def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The configuration's optimizer (``optimizer``, ``lr``, ``momentum``, ``weight_decay``, ...)
+    over the model's parameters."""
     params = model.parameters()
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -911,7 +924,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
-def _train_epoch(
+def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
@@ -983,7 +996,7 @@ def _train_epoch(
     return plain_mean, lr, optimised
 
 
-def _evaluate(
+def evaluate_model(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 ) -> tuple[float, float]:
     """(mean loss, accuracy) in eval mode; the model's mode is restored."""

@@ -10,7 +10,7 @@ same epoch numbers: its gains at the trial's measured epochs (a peer missing one
 out of the curve comparison) and its reported value at ``e`` (a peer without one is left out of
 the percentile rule). A trial that measures every second epoch is thus compared with its peers'
 epochs 2, 4, 6, ..., whatever their own stride. A peer is a mapping ``{epoch: value}`` or a
-sequence, whose entries are epochs ``1, 2, ...`` (see :func:`by_epoch`).
+sequence, whose entries are epochs ``1, 2, ...`` (see :func:`gainsearch.core.series.by_epoch`).
 
 Rules, in order:
 
@@ -40,7 +40,7 @@ non-finite gains before epoch ``t`` are left out of the comparison.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +54,7 @@ from gainsearch.core.features import (
     variability_check,
 )
 from gainsearch.core.objective import ScoreConfig, gain_score
+from gainsearch.core.series import Series, align, by_epoch
 
 __all__ = [
     "BELOW_PERCENTILE",
@@ -64,9 +65,6 @@ __all__ = [
     "TOO_VARIABLE",
     "Decision",
     "DecisionConfig",
-    "Series",
-    "align",
-    "by_epoch",
     "decide",
 ]
 
@@ -139,30 +137,6 @@ class DecisionConfig:
             raise ValueError(f"percentile must be between 0 and 100 inclusive, but got {p=}.")
 
 
-Series = Sequence[float] | np.ndarray | Mapping[int, float]
-"""Per-epoch values: ``{epoch: value}``, or a sequence whose entries are epochs 1, 2, ..."""
-
-
-def by_epoch(series: Series) -> dict[int, float]:
-    """``series`` as ``{epoch number: value}`` (a sequence's entries are epochs 1, 2, ...)."""
-    if isinstance(series, Mapping):
-        return {int(k): float(v) for k, v in series.items()}
-    values = np.asarray(series, dtype=np.float64).ravel()
-    return {i + 1: float(v) for i, v in enumerate(values)}
-
-
-def align(peers: Sequence[Series], epochs: Sequence[int]) -> list[dict[int, float]]:
-    """Each peer's readings at ``epochs``, for the peers that have a finite reading at every
-    one of them (the others cannot be compared there)."""
-    out = []
-    for peer in peers:
-        values = by_epoch(peer)
-        head = {int(e): values.get(int(e), math.nan) for e in epochs}
-        if all(math.isfinite(v) for v in head.values()):
-            out.append(head)
-    return out
-
-
 @dataclass(frozen=True)
 class Decision:
     """Whether to prune, which rule decided, and a human-readable reason.
@@ -203,12 +177,12 @@ def decide(
 
     Args:
         curve: The trial's gains (dB), one per measured epoch so far.
-        peers: Other trials' gain curves (:data:`Series`: ``{epoch: gain}`` or epochs 1, 2, ...),
+        peers: Other trials' gain curves (a :data:`~gainsearch.core.series.Series` each),
             compared at this trial's epoch numbers.
         epochs: The epoch numbers of ``curve`` (strictly increasing; default ``1..t``).
         config: Thresholds.
         diverged: The trainer saw a non-finite training loss.
-        values: The objective the study optimises, by epoch (:data:`Series`), higher is better
+        values: The objective the study optimises, by epoch (a series), higher is better
             (e.g. :func:`gainsearch.core.objective.trial_score` of each epoch's history). The
             percentile rule compares its value at the last epoch ``e`` with the peers' at ``e``.
             ``None``: the gain score of ``curve`` and of the peers' curves.

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from gainsearch.core.decision import Decision, DecisionConfig, Series, align, by_epoch, decide
+from gainsearch.core.decision import Decision, DecisionConfig, decide
 from gainsearch.core.features import DIVERGED, CurveFeatures, Diagnosis, diagnose
 from gainsearch.core.objective import (
     METRICS,
@@ -39,6 +39,7 @@ from gainsearch.core.objective import (
     curve_metric,
     gain_score,
 )
+from gainsearch.core.series import Series, align, by_epoch
 
 __all__ = ["Evaluation", "evaluate"]
 

@@ -26,9 +26,9 @@ from gainsearch.core.features import CurveFeatures, Diagnosis, compute_features,
 from gainsearch.core.spectral import (
     DEFAULT_EPS,
     Target,
-    _check_in_shape,
-    _check_smoothing,
-    _check_target,
+    check_in_shape,
+    check_smoothing,
+    check_target,
     impulse_probe,
     maximum_gain,
 )
@@ -121,7 +121,7 @@ class GainMonitor:
         if probe is None and in_shape is None:
             raise ValueError("GainMonitor needs in_shape=(C, H, W) or probe=<(C, H, W) tensor>.")
         if in_shape is not None:
-            in_shape = _check_in_shape(in_shape)
+            in_shape = check_in_shape(in_shape)
         if probe is not None:
             if not isinstance(probe, torch.Tensor):
                 probe = torch.as_tensor(np.asarray(probe))
@@ -137,12 +137,12 @@ class GainMonitor:
                 )
             probe = probe.detach().to(torch.float32).cpu()
             in_shape = tuple(probe.shape)
-        _check_target(target)
+        check_target(target)
         if not isinstance(normalize, bool):
             raise ValueError(f"normalize must be True or False, but got normalize={normalize!r}.")
         if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
             raise ValueError(f"eps must be a positive finite number, but got eps={eps!r}.")
-        _check_smoothing(smoothing)
+        check_smoothing(smoothing)
         self.smoothing = float(smoothing)
         self.in_shape: tuple[int, int, int] = tuple(in_shape)  # type: ignore[assignment,arg-type]
         self.probe = probe

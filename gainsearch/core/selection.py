@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gainsearch.core.decision import Series, by_epoch
+from gainsearch.core.series import Series, by_epoch
 from gainsearch.core.signals import moving_average
 
 __all__ = [

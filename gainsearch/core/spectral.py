@@ -40,6 +40,9 @@ __all__ = [
     "GainResult",
     "Target",
     "amplitude_spectrum_db",
+    "check_in_shape",
+    "check_smoothing",
+    "check_target",
     "data_derivative",
     "hann_window_2d",
     "impulse_probe",
@@ -103,7 +106,7 @@ def impulse_probe(
     Raises:
         ValueError: if ``in_shape`` is not three positive integers.
     """
-    shape = _check_in_shape(in_shape)
+    shape = check_in_shape(in_shape)
     _, height, width = shape
     probe = torch.zeros(shape, device=device, dtype=dtype)
     probe[:, height // 2, width // 2] = 1.0
@@ -183,8 +186,8 @@ def data_derivative(
         ``probs`` the softmax scores on the probe, shape ``(K,)``.
     """
     x = _resolve_probe(model, probe, in_shape)
-    _check_target(target)
-    _check_smoothing(smoothing)
+    check_target(target)
+    check_smoothing(smoothing)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive integer, but got samples={samples!r}.")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
@@ -368,7 +371,8 @@ def _measurement_context(model: nn.Module, device: torch.device) -> Iterator[Non
             module.training = training
 
 
-def _check_in_shape(in_shape: Sequence[int] | None) -> tuple[int, int, int]:
+def check_in_shape(in_shape: Sequence[int] | None) -> tuple[int, int, int]:
+    """``in_shape`` as ``(C, H, W)`` of positive integers, or the error naming it."""
     try:
         shape = tuple(int(s) for s in in_shape)  # type: ignore[union-attr]
         ok = len(shape) == 3 and all(s > 0 for s in shape)
@@ -382,7 +386,7 @@ def _check_in_shape(in_shape: Sequence[int] | None) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-def _check_smoothing(smoothing: object) -> float:
+def check_smoothing(smoothing: object) -> float:
     """``smoothing`` as a float, or the error naming it (a non-negative finite number)."""
     if not (
         isinstance(smoothing, (int, float))
@@ -396,7 +400,8 @@ def _check_smoothing(smoothing: object) -> float:
     return float(smoothing)
 
 
-def _check_target(target: object) -> None:
+def check_target(target: object) -> None:
+    """Refuse a ``gain_target`` that is not ``"winner"``, ``"all"`` or a class index."""
     if target in ("winner", "all"):
         return
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool) and target >= 0:
@@ -447,7 +452,7 @@ def _resolve_probe(
         raise ValueError(
             f"probe must have shape (C, H, W) or (1, C, H, W), but got shape={tuple(probe.shape)}."
         )
-    if in_shape is not None and tuple(probe.shape) != _check_in_shape(in_shape):
+    if in_shape is not None and tuple(probe.shape) != check_in_shape(in_shape):
         raise ValueError(
             f"probe shape {tuple(probe.shape)} does not match in_shape={tuple(in_shape)}."
         )

@@ -53,7 +53,7 @@ from gainsearch.core.evaluation import evaluate
 from gainsearch.core.monitor import GainMonitor
 from gainsearch.core.objective import METRICS, TrialScoreConfig
 from gainsearch.core.signals import PredictionChanges, gain_trend, gain_variability, moving_average
-from gainsearch.core.spectral import Target, _check_in_shape, _check_smoothing, _check_target
+from gainsearch.core.spectral import Target, check_in_shape, check_smoothing, check_target
 
 try:
     import lightning.pytorch as pl
@@ -177,10 +177,10 @@ class GainCallback(pl.Callback):
             raise ValueError(f"every_n_epochs must be an integer >= 1, but got {every_n_epochs=}.")
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be an integer >= 1, but got {every_n_epochs=}.")
-        _check_smoothing(smoothing)
-        _check_target(target)
+        check_smoothing(smoothing)
+        check_target(target)
         self.target: Target = target
-        self.in_shape = None if in_shape is None else _check_in_shape(in_shape)
+        self.in_shape = None if in_shape is None else check_in_shape(in_shape)
         self.trial = trial
         self.ray_tune = ray_tune
         self.ray_checkpoint = ray_checkpoint

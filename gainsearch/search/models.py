@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from gainsearch.batteries.train import TrainConfig, TrialResult, _build_model, model_from_checkpoint
+from gainsearch.batteries.train import TrainConfig, TrialResult, build_model, model_from_checkpoint
 from gainsearch.search.results import TrialRow
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ def load_best(run: str | Path) -> TunedModel:
     if isinstance(state, dict) and state.get("format") == FORMAT:
         config = TrainConfig.from_dict(state["config"])
         data = dict(state["data"])
-        model = _build_model(config, data["in_shape"], int(data["num_classes"]))
+        model = build_model(config, data["in_shape"], int(data["num_classes"]))
         model.load_state_dict(state["state_dict"])
     else:  # a trainer checkpoint (Ray): its kept weights
         model, state = model_from_checkpoint(path, weights="selected")

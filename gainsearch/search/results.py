@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ __all__ = [
     "Outcome",
     "TrialRow",
     "check_out_dir",
+    "finite_float",
     "finite_json",
     "redact",
     "write_results",
@@ -52,9 +53,6 @@ CSV_TAIL = (
 class TrialRow:
     """One trial of a search, as ``trials.csv``, ``trials.json``, ``best.json`` and the report
     show it.
-
-    Rows also read like the mappings they were before (``row["state"]``, ``row.get("nodes")``)
-    for scripts written against them.
 
     Attributes:
         number: The trial's number (Optuna's; on Ray the creation order).
@@ -120,16 +118,16 @@ class TrialRow:
     model_file: str = ""
 
     def __post_init__(self) -> None:  # one form for a missing reading: None (as in JSON)
-        self.gain_curve = [_finite_or_none(v) for v in self.gain_curve]
-        self.train_loss = [_finite_or_none(v) for v in self.train_loss]
-        self.value_curve = [_finite_or_none(v) for v in self.value_curve]
-        self.signals = {k: [_finite_or_none(v) for v in vs] for k, vs in self.signals.items()}
+        self.gain_curve = [finite_float(v) for v in self.gain_curve]
+        self.train_loss = [finite_float(v) for v in self.train_loss]
+        self.value_curve = [finite_float(v) for v in self.value_curve]
+        self.signals = {k: [finite_float(v) for v in vs] for k, vs in self.signals.items()}
 
     @property
     def noise_rate(self) -> float | None:
         """The estimated label-noise rate (``None`` if not recorded)."""
         rate = (self.label_noise or {}).get("rate")
-        return _finite_or_none(rate)
+        return finite_float(rate)
 
     @property
     def noise_kind(self) -> str:
@@ -141,24 +139,6 @@ class TrialRow:
         """The last gain reading (``None`` if none, or non-finite)."""
         last = self.gain_curve[-1] if self.gain_curve else None
         return None if last is None or not math.isfinite(float(last)) else float(last)
-
-    # -- mapping reads, for scripts written against the dict rows ------------------------------
-    def __getitem__(self, key: str) -> Any:
-        if key == "final_gain" or key in _FIELDS:
-            return getattr(self, key)
-        raise KeyError(key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-    def __contains__(self, key: object) -> bool:
-        return key == "final_gain" or key in _FIELDS
-
-    def keys(self) -> Iterator[str]:
-        return iter((*_FIELDS, "final_gain"))
 
     def to_dict(self) -> dict[str, Any]:
         """Every field (and ``final_gain``), strict JSON (non-finite numbers as ``None``)."""
@@ -197,7 +177,8 @@ class TrialRow:
 _FIELDS = tuple(f.name for f in fields(TrialRow))
 
 
-def _finite_or_none(value: Any) -> float | None:
+def finite_float(value: Any) -> float | None:
+    """``value`` as a float, ``None`` where missing or non-finite (NaN, inf)."""
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 

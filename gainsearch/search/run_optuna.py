@@ -37,17 +37,11 @@ from gainsearch.batteries.data import TensorData, load_dataset
 from gainsearch.batteries.train import EpochContext, TrainConfig, train_trial
 from gainsearch.integrations.optuna import report_gain
 from gainsearch.search.models import MODELS_DIR, check_keep, prune_models, save_trial_model
-from gainsearch.search.results import (
-    Outcome,
-    check_out_dir,
-    finite_json,
-    redact,
-    write_results,
-)
+from gainsearch.search.record import TrialRecorder, read_study
+from gainsearch.search.results import Outcome, check_out_dir, redact, write_results
 from gainsearch.search.spaces import ExperimentSpec
 from gainsearch.search.study import (
     STALE_GRACE_FACTOR,
-    best_summary,
     check_same_space,
     check_threads,
     check_timeout,
@@ -55,7 +49,6 @@ from gainsearch.search.study import (
     finished_count,
     make_storage,
     study_counts,
-    trial_rows,
 )
 
 __all__ = ["GainObjective", "StudyOutcome", "run_study"]
@@ -103,51 +96,41 @@ class GainObjective:
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         metrics = self.spec.metrics
-        losses: list[float] = []
-        test_acc: list[float] = []
-        test_loss: list[float] = []
-        reported: dict[int, float | tuple[float, ...]] = {
-            0: math.nan if len(metrics) == 1 else (math.nan,) * len(metrics)
-        }
-        signals: dict[str, list[float]] = {name: [] for name in config.signals}
+        recorder = TrialRecorder()  # the record both back ends report (search.record)
 
         def on_epoch(ctx: EpochContext) -> None:
-            losses.append(float(ctx.record["train_loss"]))  # stored by report_gain
-            for name, values in signals.items():
-                values.append(float(ctx.record[name]))
-            trial.set_user_attr("signals", {k: finite_json(v) for k, v in signals.items()})
-            trial.set_user_attr("selected_epoch", ctx.record["selected_epoch"])
-            if ctx.selection is not None and ctx.selection.stop:
-                trial.set_user_attr("stop_reason", f"patience: {ctx.selection.reason}")
-            if ctx.epoch == config.epochs and not ctx.diverged:  # for the report's figure
-                trial.set_user_attr("spectrum", ctx.monitor.spectrum(ctx.model))
+            fields = recorder.add(ctx)
+            trial.set_user_attr("signals", {n: recorder.series(n) for n in config.signals})
+            trial.set_user_attr("selected_epoch", fields["selected_epoch"])
+            trial.set_user_attr("label_noise", fields["label_noise"])
+            for key in ("stop_reason", "spectrum"):
+                if key in fields:
+                    trial.set_user_attr(key, fields[key])
             if self.eval_test:  # recorded for evaluation only: nothing below reads them
-                test_acc.append(float(ctx.record["test_acc"]))
-                test_loss.append(float(ctx.record["test_loss"]))
-                trial.set_user_attr("test_acc", test_acc)
-                trial.set_user_attr("test_loss", finite_json(test_loss))
-            reported[ctx.epoch] = report_gain(
+                trial.set_user_attr("test_acc", recorder.series("test_acc"))
+                trial.set_user_attr("test_loss", recorder.series("test_loss"))
+            value = report_gain(  # stores the gain curve and the training loss, may prune
                 trial,
                 ctx.monitor,
                 ctx.epoch,
                 metric=metrics,
                 diverged=ctx.diverged,
                 score_config=self.spec.score,
-                train_loss=losses,
+                train_loss=[float(r["train_loss"]) for r in ctx.history],
                 trial_config=self.spec.trial,
             )
+            recorder.report(ctx.epoch, value)
 
         result = train_trial(
             config, data=self.data, callbacks=[on_epoch], stop_event=_stop_requested
         )
         trial.set_user_attr("status", result.status)  # a diverged trial was pruned by on_epoch
-        trial.set_user_attr("label_noise", finite_json(result.label_noise.to_dict()))
         if self.models_dir is not None and self.keep != 0:  # the kept epoch's weights
             path = self.models_dir / f"trial_{trial.number}.pt"
             save_trial_model(path, result, trial.number)
             trial.set_user_attr("model_file", f"{MODELS_DIR}/{path.name}")
         # the kept checkpoint's value(s): the last epoch's with select_by "last"
-        return reported.get(result.selected_epoch or 0, reported[max(reported)])
+        return recorder.kept(result.selected_epoch)
 
 
 @dataclass(kw_only=True)
@@ -416,8 +399,7 @@ def run_study(
                 )
     except KeyboardInterrupt:
         interrupted = True
-    rows = trial_rows(study)
-    best = best_summary(study, spec)
+    rows, best = read_study(study, spec)
     write_results(out, spec, rows, best, url, name)
     return StudyOutcome(
         study_name=name,

@@ -24,7 +24,6 @@ from typing import Any
 
 from gainsearch.batteries.train import EpochContext, TrainConfig, train_trial
 from gainsearch.core.features import DIVERGED
-from gainsearch.core.noise import estimate_label_noise
 from gainsearch.core.objective import ScoreConfig, TrialScoreConfig
 from gainsearch.integrations.ray import (
     SCORE,
@@ -34,13 +33,18 @@ from gainsearch.integrations.ray import (
     gain_metrics,
 )
 from gainsearch.search.models import ray_model_file
-from gainsearch.search.results import (
-    Outcome,
-    TrialRow,
-    check_out_dir,
-    finite_json,
-    write_results,
+from gainsearch.search.record import (
+    GAIN,
+    TEST_ACC,
+    TRAIN_LOSS,
+    VALUE,
+    TrialRecorder,
+    best_summary,
+    reported_by_tune,
+    trial_row,
+    write_trials,
 )
+from gainsearch.search.results import Outcome, TrialRow, check_out_dir, finite_float, write_results
 from gainsearch.search.spaces import ExperimentSpec, read_yaml_mapping, spec_differences
 from gainsearch.search.study import (
     check_same_space,
@@ -48,7 +52,6 @@ from gainsearch.search.study import (
     check_timeout,
     create_study,
     make_sampler,
-    write_trials,
 )
 
 try:
@@ -141,26 +144,10 @@ def gain_trainable(config: dict[str, Any]) -> None:
                     local.write_bytes(saved.read_bytes())
 
         key = RESULT_KEYS[fixed.get("metric", "trial_score")]
-        values: dict[int, float] = {}  # the metric per epoch, for the kept epoch's
+        recorder = TrialRecorder()  # the record both back ends report (search.record)
 
         def report(ctx: EpochContext) -> None:
-            selected = ctx.record["selected_epoch"]
-            extra: dict[str, Any] = {
-                "gain_max": _finite(ctx.record["gain_max"]),
-                "node_id": ray.get_runtime_context().get_node_id(),
-                **{name: _finite(ctx.record[name]) for name in train_config.signals},
-                "selected_epoch": selected,
-                KEPT_ATTRIBUTE: ctx.epoch if selected == ctx.epoch else 0,
-            }
-            if ctx.selection is not None and ctx.selection.stop:
-                extra["stop_reason"] = f"patience: {ctx.selection.reason}"
-            noise = estimate_label_noise(ctx.history)  # a string: Tune flattens dicts
-            extra["label_noise"] = json.dumps(finite_json(noise.to_dict()))
-            if ctx.epoch == train_config.epochs and not ctx.diverged:  # the report's figure
-                extra["spectrum"] = ctx.monitor.spectrum(ctx.model)
-            if train_config.eval_test:  # evaluation only: the scheduler never reads these
-                extra["test_acc"] = ctx.record["test_acc"]
-                extra["test_loss"] = _finite(ctx.record["test_loss"])
+            fields = recorder.add(ctx)
             metrics = gain_metrics(
                 ctx.monitor,
                 ctx.epoch,
@@ -169,20 +156,21 @@ def gain_trainable(config: dict[str, Any]) -> None:
                 score_config=score_config,
                 trial_config=trial_config,
             )
-            values[ctx.epoch] = metrics[key]
-            # the searcher's value: the metric at the kept epoch (nan once diverged, as the
-            # Optuna back end prunes a diverged trial)
-            kept = values.get(selected, metrics[key]) if not ctx.diverged else math.nan
-            metrics.update(extra)
-            metrics[KEPT_PREFIX + key] = kept
+            recorder.report(ctx.epoch, metrics[key])
+            selected = fields["selected_epoch"]
+            metrics.update(fields)
+            metrics.update(
+                # Tune flattens dicts: the label-noise estimate travels as JSON
+                label_noise=json.dumps(fields["label_noise"]),
+                node_id=ray.get_runtime_context().get_node_id(),
+                **{KEPT_ATTRIBUTE: ctx.epoch if selected == ctx.epoch else 0},
+                # the searcher's value: the metric at the kept epoch (NaN once diverged, as the
+                # Optuna back end prunes a diverged trial)
+                **{KEPT_PREFIX + key: recorder.kept(selected, diverged=ctx.diverged)},
+            )
             tune.report(metrics, checkpoint=Checkpoint.from_directory(work))
 
         train_trial(train_config, callbacks=[report], checkpoint_path=local)
-
-
-def _finite(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 @dataclass(kw_only=True)
@@ -299,6 +287,67 @@ class _ProgressCallback(tune.Callback):
         )
 
 
+class _StudyWriter(tune.Callback):
+    """Record each trial in the Optuna study as it ends (complete, pruned or failed), as the
+    Optuna back end does: ``optuna-dashboard`` shows a running Ray search, and a driver killed
+    without warning (SIGKILL) loses no finished trial from the study. The row is the one the
+    end of the run would build (:func:`tune_row`, from the trial's results so far); the end of
+    the run records what is still missing (an interrupted trial), and a trial recorded in its
+    state is never recorded twice (:func:`~gainsearch.search.record.write_trials`)."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        #: trial id -> its results in order (a resumed run replays those on disk first)
+        self.results: dict[str, list[dict[str, Any]]] = {}
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
+    ) -> None:
+        self.add(trial.trial_id, result)
+
+    def add(self, trial_id: str, result: dict[str, Any]) -> None:
+        """One result of ``trial_id`` (after :class:`GainResults` added its evaluation)."""
+        if "epoch" in result and "gain" in result:
+            self.results.setdefault(trial_id, []).append(dict(result))
+
+    def on_trial_complete(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        self._write(trial, None)
+
+    def on_trial_error(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        try:
+            error = str(trial.get_error() or "the trial failed")
+        except Exception:
+            error = "the trial failed"
+        self._write(trial, error)
+
+    def _write(self, trial: Trial, error: str | None) -> None:
+        run = self.run
+        if run.study is None:
+            return
+        results = self.results.get(trial.trial_id, [])
+        try:
+            row = tune_row(
+                _creation_index(trial)[0],
+                run.spec,
+                run.budget,
+                results=results,
+                last=results[-1] if results else None,
+                config=trial.config or {},
+                error=error,
+                checkpoint=trial.checkpoint.path if trial.checkpoint else None,
+                client_mode=run.client_mode,
+                out=Path(run.out),
+                train=run.train,
+            )
+            write_trials(run.study, [row], run.spec)
+        except Exception as err:
+            logger.warning("could not record trial %s in the study yet: %s", trial.trial_id, err)
+
+
 def _check_same_spec(out: Path, spec: ExperimentSpec) -> None:
     """A resumed experiment must have been run with the same spec (as on the Optuna back end)."""
     saved_path = out / "spec.yaml"
@@ -388,9 +437,10 @@ def run_tuner(
         storage_path: Results location; on a multi-node cluster a shared path or a bucket URI.
         storage: Optuna storage URL of the study the trials are recorded in (default
             ``sqlite:///OUT/study.db``), as they ended: states, intermediate values and user
-            attributes as on the Optuna back end (:func:`~gainsearch.search.study.write_trials`),
+            attributes as on the Optuna back end (:func:`~gainsearch.search.record.write_trials`),
             so ``gainsearch report URL``, ``optuna.visualization`` and optuna-dashboard show
-            what ``trials.csv`` shows. Written when the run ends (also on SIGINT/SIGTERM).
+            what ``trials.csv`` shows. Written as each trial ends (and, for what an interrupt
+            left, when the run ends).
         study_name: Name of the Optuna study and of the Ray experiment (default: the spec's).
         eval_test: Record test metrics per epoch (evaluation only).
         max_failures: Restarts per trial from its last checkpoint (``FailureConfig``).
@@ -508,11 +558,16 @@ class _Run:
     def finish(self, grid: Any, n_trials: int, client_mode: bool) -> RayOutcome:
         """The rows, the best trial and the result files of a fitted grid."""
         rows = result_rows(
-            grid, self.spec, self.budget, client_mode=client_mode, out=Path(self.out)
+            grid,
+            self.spec,
+            self.budget,
+            client_mode=client_mode,
+            out=Path(self.out),
+            train=self.train,
         )
-        if self.study is not None:  # the study holds every trial as it ended, as on Optuna
+        if self.study is not None:  # what the trials' ends did not record (an interrupt)
             write_trials(self.study, rows, self.spec)
-        best = _best(rows, self.spec, self.train)
+        best = best_summary(rows, self.spec)
         write_results(self.out, self.spec, rows, best, self.study_url, self.name)
         timed_out = self.deadline is not None and _now() >= self.deadline
         interrupted = any(r.state == "interrupted" for r in rows) or (
@@ -542,14 +597,16 @@ class _Run:
         }
 
     def callbacks(self, scheduler: TrialScheduler) -> list[Any]:
-        """GainResults (the evaluation in every result), then the progress bar."""
+        """GainResults (the evaluation in every result), the study writer (after it: the rows
+        hold the evaluation), then the progress bar."""
         out: list[Any] = [
             GainResults(
                 scheduler,
                 budget=self.budget,
                 metric=result_key(self.spec),
                 mode=self.spec.modes[0],
-            )
+            ),
+            _StudyWriter(self),
         ]
         if self.progress:
             out.append(_ProgressCallback(self.progress, self.budget, result_key(self.spec)))
@@ -587,7 +644,7 @@ class _Run:
                 str(experiment), trainable=trainable, resume_errored=True, param_space=param_space
             )
             callbacks = self.callbacks(scheduler)
-            _replay(callbacks[0].book, experiment)  # the scheduler's, or GainResults' own
+            _replay(experiment, callbacks[0].book, callbacks[1])
             _renew_restored(tuner, scheduler, self.deadline, callbacks, reuse_actors)
             return tuner
         # TPE's working copy of the study lives in the searcher (in memory, saved with Tune's
@@ -654,8 +711,9 @@ def _renew_restored(
     run_config.callbacks = callbacks
 
 
-def _replay(book: GainScheduler, experiment: Path) -> None:
-    """Rebuild the peer series from the results already on disk (resume)."""
+def _replay(experiment: Path, book: GainScheduler, writer: _StudyWriter) -> None:
+    """Rebuild the peer series (the scheduler's, or GainResults' own) and the study writer's
+    results from the results already on disk (resume)."""
     for result_file in experiment.glob("*/result.json"):
         trial_id = None
         for line in result_file.read_text().splitlines():
@@ -666,13 +724,7 @@ def _replay(book: GainScheduler, experiment: Path) -> None:
             trial_id = record.get("trial_id", trial_id)
             if trial_id and "epoch" in record and "gain" in record:
                 book.record(trial_id, record)
-
-
-def _json_or_none(text: Any) -> Any:
-    try:
-        return json.loads(text) if isinstance(text, str) and text else None
-    except ValueError:
-        return None
+                writer.add(trial_id, record)
 
 
 def result_rows(
@@ -682,152 +734,129 @@ def result_rows(
     *,
     client_mode: bool = False,
     out: Path | None = None,
+    train: dict[str, Any] | None = None,
 ) -> list[TrialRow]:
-    """One row per trial, as on the Optuna back end.
+    """One row per trial of a fitted grid (numbered in creation order, stable across resumes),
+    by the row builder both back ends share (:func:`gainsearch.search.record.trial_row`)."""
+    ordered = sorted(grid, key=_creation_index)
+    return [
+        tune_row(
+            number,
+            spec,
+            budget,
+            results=_records(result.metrics_dataframe),
+            last=dict(result.metrics or {}),
+            config=result.config or {},
+            error=None if result.error is None else str(result.error),
+            checkpoint=result.checkpoint.path if result.checkpoint else None,
+            client_mode=client_mode,
+            out=out,
+            train=train,
+        )
+        for number, result in enumerate(ordered)
+    ]
+
+
+def tune_row(
+    number: int,
+    spec: ExperimentSpec,
+    budget: int,
+    *,
+    results: list[dict[str, Any]],
+    last: dict[str, Any] | None,
+    config: dict[str, Any],
+    error: str | None,
+    checkpoint: str | None,
+    client_mode: bool = False,
+    out: Path | None = None,
+    train: dict[str, Any] | None = None,
+) -> TrialRow:
+    """One Tune trial's row, from its results, as on the Optuna back end.
 
     State: ``complete``; ``pruned`` (stopped by the scheduler, with the rule and reason that
     :class:`GainResults` stored in the last result; diverged trials count as pruned);
     ``failed``; ``interrupted`` (shorter than the budget but stopped by no scheduler: the run
     ended first, resume to finish it). In Ray Client mode (``ray://``) without stored reasons,
-    short trials count as pruned.
+    short trials count as pruned. The value is the metric at the kept epoch.
     """
-    rows = []
-    ordered = sorted(grid, key=_creation_index)  # stable numbering across resumes
-    for number, result in enumerate(ordered):
-        metrics = dict(result.metrics or {})
-        curve, losses, nodes, epoch_log = _history(result.metrics_dataframe)
-        values_by_epoch = _series(result.metrics_dataframe, result_key(spec))
-        epochs = int(metrics.get("epoch", len(curve)) or 0)
-        rule, reason = str(metrics.get("prune_rule") or ""), str(metrics.get("prune_reason") or "")
-        if result.error is not None:
-            state, rule, reason = "failed", "", str(result.error).splitlines()[0]
-        elif metrics.get("diverged"):
-            state, rule = "pruned", DIVERGED
-            reason = reason or f"diverged at epoch {epochs}"
-        elif rule:
-            state = "pruned"
-        elif metrics.get("stop_reason"):  # patience ran out: a completed trial
-            state = "complete"
-        elif epochs < budget and client_mode:  # no stored reason: the scheduler ran remotely
-            state, rule = "pruned", "pruner"
-            reason = f"stopped at epoch {epochs} by the {spec.pruner} scheduler"
-        elif epochs < budget:  # no scheduler stopped it: the run ended first
-            state, reason = "interrupted", "the run stopped before this trial finished"
-        else:
-            state = "complete"
-        selected = metrics.get("selected_epoch")
-        selected = int(selected) if selected is not None and selected == selected else None
-        score = metrics.get(result_key(spec))
-        if selected is not None and selected in values_by_epoch:  # the kept checkpoint's
-            score = values_by_epoch[selected]
-        score = None if score is None or score != score else float(score)
-        config = _config_of(spec, result.config or {})
-        names = (config or {}).get("signals") or []
-        rows.append(
-            TrialRow(
-                number=number,
-                trial_id=str(metrics.get("trial_id", "")),
-                state=state,
-                params={k: v for k, v in (result.config or {}).items() if k != GAINSEARCH_KEY},
-                value=score,
-                values=[score] if score is not None else None,
-                epochs=epochs,
-                gain_curve=curve,
-                epoch_log=epoch_log,
-                diagnosis=str(metrics.get("diagnosis", "")),
-                diagnosis_reason=str(metrics.get("diagnosis_reason") or ""),
-                prune_rule=rule,
-                prune_reason=reason,
-                test_acc=metrics.get("test_acc"),
-                nodes=nodes,
-                train_loss=losses,
-                spectrum=metrics.get("spectrum"),
-                value_curve=[values_by_epoch.get(e) for e in range(1, len(curve) + 1)],
-                decision_rule=str(metrics.get("decision_rule") or ""),
-                decision_reason=str(metrics.get("decision_reason") or ""),
-                config=config,
-                selected_epoch=selected,
-                stop_reason=str(metrics.get("stop_reason") or ""),
-                label_noise=_json_or_none(metrics.get("label_noise")),
-                model_file=(
-                    ray_model_file(
-                        result.checkpoint.path if result.checkpoint else None, out, CHECKPOINT_FILE
-                    )
-                    if state == "complete"
-                    else ""
-                ),
-                signals={
-                    name: [
-                        _series(result.metrics_dataframe, name).get(e)
-                        for e in range(1, len(curve) + 1)
-                    ]
-                    for name in names
-                },
-            )
-        )
-    return rows
+    resolved = _config_of(spec, config, train)
+    names = (resolved or {}).get("signals") or []
+    numeric = {
+        GAIN: "gain",
+        TRAIN_LOSS: "train_loss",
+        VALUE: result_key(spec),
+        TEST_ACC: "test_acc",
+        **{name: name for name in names},
+    }
+    reported = reported_by_tune(results, numeric, last)
+    latest = reported.latest
+    epochs = int(latest.get("epoch") or len(reported.series[GAIN]) or 0)
+    state, rule, reason = _state(latest, epochs, budget, error, client_mode, spec.pruner)
+    kept = latest.get("selected_epoch")
+    kept = int(kept) if kept is not None and kept == kept else None
+    latest.update(selected_epoch=kept, config=resolved)
+    values = reported.series[VALUE]
+    score = values.get(kept) if kept in values else finite_float(latest.get(result_key(spec)))
+    if state == "complete":
+        latest["model_file"] = ray_model_file(checkpoint, out, CHECKPOINT_FILE)
+    else:
+        latest.pop("model_file", None)
+    return trial_row(
+        number,
+        state,
+        {k: v for k, v in config.items() if k != GAINSEARCH_KEY},
+        reported,
+        value=score,
+        prune_rule=rule,
+        prune_reason=reason,
+        trial_id=str(latest.get("trial_id", "")),
+    )
 
 
-def _series(history: Any, key: str) -> dict[int, float | None]:
-    """The last reported ``key`` of each epoch in a trial's results."""
-    if history is None or key not in history or "epoch" not in history:
-        return {}
-    out: dict[int, float | None] = {}
-    for epoch, value in zip(history["epoch"], history[key], strict=False):
-        if epoch == epoch:  # not NaN
-            out[int(epoch)] = None if value is None or value != value else float(value)
-    return out
+def _state(
+    latest: dict[str, Any],
+    epochs: int,
+    budget: int,
+    error: str | None,
+    client_mode: bool,
+    pruner: str,
+) -> tuple[str, str, str]:
+    """(state, prune rule, reason) of a Tune trial from its last result."""
+    rule, reason = str(latest.get("prune_rule") or ""), str(latest.get("prune_reason") or "")
+    if error is not None:
+        return "failed", "", error.splitlines()[0]
+    if latest.get("diverged"):
+        return "pruned", DIVERGED, reason or f"diverged at epoch {epochs}"
+    if rule:
+        return "pruned", rule, reason
+    if latest.get("stop_reason"):  # patience ran out: a completed trial
+        return "complete", "", reason
+    if epochs < budget and client_mode:  # no stored reason: the scheduler ran remotely
+        return "pruned", "pruner", f"stopped at epoch {epochs} by the {pruner} scheduler"
+    if epochs < budget:  # no scheduler stopped it: the run ended first
+        return "interrupted", "", "the run stopped before this trial finished"
+    return "complete", "", reason
 
 
-def _config_of(spec: ExperimentSpec, config: dict[str, Any]) -> dict[str, Any] | None:
-    """The trial's resolved training configuration (as the Optuna back end stores it)."""
+def _records(history: Any) -> list[dict[str, Any]]:
+    """A trial's results table (``Result.metrics_dataframe``) as results, in order."""
+    if history is None:
+        return []
+    return [dict(r) for r in history.to_dict("records")]
+
+
+def _config_of(
+    spec: ExperimentSpec, config: dict[str, Any], train: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The trial's resolved training configuration (as the Optuna back end stores it; ``train``:
+    the run's fixed settings, with its data root resolved, default the spec's)."""
     try:
         params = {k: v for k, v in config.items() if k != GAINSEARCH_KEY}
         threads = (config.get(GAINSEARCH_KEY) or {}).get("threads")
         if threads and spec.train.get("threads") is None:
             params["threads"] = int(threads)  # what the trial ran with
-        return spec.train_config(params).to_dict()
+        if train is None:
+            return spec.train_config(params).to_dict()
+        return TrainConfig.from_dict({**train, **params}).to_dict()
     except (ValueError, TypeError):
         return None
-
-
-def _history(
-    history: Any,
-) -> tuple[list[float | None], list[float | None], list[str], list[int]]:
-    """(gain per epoch, training loss per epoch, nodes, epochs as reported) of a trial's results;
-    the last reading of each epoch counts (a restored trial reports some again)."""
-    if history is None or "gain" not in history:
-        return [], [], [], []
-    epoch_log = [int(e) for e in history["epoch"] if e == e]  # as reported, in order
-    missing = [None] * len(history)
-    by_epoch: dict[int, Any] = {}
-    for epoch, gain, loss, node in zip(
-        history["epoch"],
-        history["gain"],
-        history.get("train_loss", missing),
-        history.get("node_id", missing),
-        strict=False,
-    ):
-        if epoch == epoch:  # not NaN
-            by_epoch[int(epoch)] = (gain, loss, node)
-    readings = [by_epoch[e] for e in sorted(by_epoch)]
-    curve = [None if g is None or g != g else float(g) for g, _, _ in readings]
-    losses: list[float | None] = []
-    if "train_loss" in history:
-        losses = [None if v is None or v != v else float(v) for _, v, _ in readings]
-    nodes = sorted({str(n) for _, _, n in by_epoch.values() if n})
-    return curve, losses, nodes, epoch_log
-
-
-def _best(rows: list[TrialRow], spec: ExperimentSpec, train: dict[str, Any]) -> dict[str, Any]:
-    complete = [r for r in rows if r.state == "complete" and r.value is not None]
-    if not complete:
-        return {"best": None, "reason": "no trial completed yet"}
-    pick = max if spec.modes[0] == "max" else min
-    best = pick(complete, key=lambda r: float(r.value or 0.0))
-    config = TrainConfig.from_dict({**train, **best.params}).to_dict()
-    return {
-        "metric": spec.metrics[0],
-        "mode": spec.modes[0],
-        "best": best.best_entry(spec.metrics[:1], config),
-    }

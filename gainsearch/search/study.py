@@ -1,4 +1,5 @@
-"""The Optuna study behind both back ends: storage, sampler, pruner, counts and rows.
+"""The Optuna study behind both back ends: storage, sampler, pruner and counts (its rows:
+:mod:`gainsearch.search.record`).
 
 The Optuna runner optimises this study itself; the Ray runner hands it to ``OptunaSearch`` (TPE
 through Tune), so ``study.db`` opens in optuna-dashboard whichever back end ran the search.
@@ -6,7 +7,6 @@ through Tune), so ``study.db`` opens in optuna-dashboard whichever back end ran 
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -15,20 +15,12 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
-from gainsearch.integrations.optuna import (
-    CURVE_ATTR,
-    DIVERGED_ATTR,
-    EPOCHS_ATTR,
-    LOSS_ATTR,
-    METRIC_ATTR,
-    GainPruner,
-)
-from gainsearch.search.results import TrialRow, redact
+from gainsearch.integrations.optuna import GainPruner
+from gainsearch.search.results import redact
 from gainsearch.search.spaces import ExperimentSpec, spec_differences
 
 __all__ = [
     "FINISHED",
-    "best_summary",
     "check_same_space",
     "check_timeout",
     "create_study",
@@ -37,8 +29,6 @@ __all__ = [
     "make_sampler",
     "make_storage",
     "study_counts",
-    "trial_rows",
-    "write_trials",
 ]
 
 #: Trial states that count towards ``--trials``.
@@ -253,143 +243,3 @@ def study_counts(study: optuna.Study) -> dict[str, Any]:
         "done": counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
         "best": best,
     }
-
-
-#: The user attribute that names a trial's Ray Tune trial (the Ray back end's record).
-RAY_TRIAL_ATTR = "ray_trial_id"
-#: TrialRow fields stored as user attributes of the same name, both ways.
-_ROW_ATTRS = (
-    "diagnosis",
-    "diagnosis_reason",
-    "decision_rule",
-    "decision_reason",
-    "spectrum",
-    "config",
-    "epoch_log",
-    "nodes",
-    "selected_epoch",
-    "stop_reason",
-    "signals",
-    "label_noise",
-    "model_file",
-)
-#: A row's state -> the trial state it is recorded in. An interrupted Ray trial is recorded as
-#: the Optuna back end records one: failed (the resumed run finishes it as a new trial).
-_STATES = {
-    "complete": TrialState.COMPLETE,
-    "pruned": TrialState.PRUNED,
-    "failed": TrialState.FAIL,
-    "interrupted": TrialState.FAIL,
-}
-
-
-def trial_rows(study: optuna.Study) -> list[TrialRow]:
-    """One row per trial of the study: the reader of what :func:`write_trials` (Ray) and the
-    Optuna back end's ``report_gain`` store, so both back ends' studies read alike."""
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        attrs = t.user_attrs
-        single = t.values is None or len(t.values) == 1
-        steps = t.intermediate_values
-        test = attrs.get("test_acc")
-        rows.append(
-            TrialRow(
-                number=t.number,
-                state=t.state.name.lower(),
-                params=dict(t.params),
-                value=t.value if single else None,
-                values=list(t.values) if t.values is not None else None,
-                epochs=len(attrs.get(CURVE_ATTR, [])),
-                gain_curve=list(attrs.get(CURVE_ATTR, [])),
-                train_loss=list(attrs.get(LOSS_ATTR, [])),
-                prune_rule=attrs.get("prune_rule", "") if t.state == TrialState.PRUNED else "",
-                prune_reason=attrs.get("prune_reason", ""),
-                test_acc=(test or [None])[-1] if isinstance(test, list) else test,
-                test_acc_curve=list(test) if isinstance(test, list) else None,
-                trial_id=str(attrs.get(RAY_TRIAL_ATTR, "")),
-                value_curve=[steps.get(e) for e in range(1, max(steps, default=0) + 1)],
-                **{key: attrs[key] if key in attrs else _ROW_DEFAULTS[key] for key in _ROW_ATTRS},
-            )
-        )
-    return rows
-
-
-_ROW_DEFAULTS = {f: getattr(TrialRow(number=0, state=""), f) for f in _ROW_ATTRS}
-
-
-def write_trials(study: optuna.Study, rows: list[TrialRow], spec: ExperimentSpec) -> int:
-    """Record finished rows (the Ray back end's trials) in the study, with the state they ended
-    in, their intermediate values and the user attributes the Optuna back end stores (those
-    :func:`trial_rows` reads back). A row already recorded in that state is skipped, so a
-    resumed run adds only what is new; an interrupted trial is recorded as failed and, once a
-    resumed run finishes it, again in its final state. Returns the trials written."""
-    done = {
-        (t.user_attrs.get(RAY_TRIAL_ATTR), t.state)
-        for t in study.get_trials(deepcopy=False)
-        if t.user_attrs.get(RAY_TRIAL_ATTR)
-    }
-    distributions = spec.to_optuna()
-    metric = spec.metrics[0]
-    written = 0
-    for row in rows:
-        state = _STATES.get(row.state)
-        if state is None or (row.trial_id, state) in done:
-            continue
-        attrs: dict[str, Any] = {
-            key: getattr(row, key) for key in _ROW_ATTRS if getattr(row, key) not in (None, "", [])
-        }
-        attrs.update(
-            {
-                CURVE_ATTR: list(row.gain_curve),
-                EPOCHS_ATTR: list(range(1, len(row.gain_curve) + 1)),
-                LOSS_ATTR: list(row.train_loss),
-                METRIC_ATTR: metric,
-                RAY_TRIAL_ATTR: row.trial_id,
-            }
-        )
-        if row.prune_rule == "diverged":
-            attrs[DIVERGED_ATTR] = True
-        if state == TrialState.PRUNED or row.prune_reason:
-            attrs.update(prune_rule=row.prune_rule, prune_reason=row.prune_reason)
-        if row.test_acc_curve:
-            attrs["test_acc"] = list(row.test_acc_curve)
-        elif row.test_acc is not None:
-            attrs["test_acc"] = [row.test_acc]
-        value = row.value if state == TrialState.COMPLETE else None
-        if state == TrialState.PRUNED and row.value_curve:  # Optuna: the last value reported
-            value = row.value_curve[-1]
-        if state == TrialState.COMPLETE and (value is None or not np.isfinite(value)):
-            state, value = TrialState.FAIL, None  # a completed trial without a finite value
-        study.add_trial(
-            optuna.trial.create_trial(
-                state=state,
-                value=value if state != TrialState.FAIL else None,
-                params={k: v for k, v in row.params.items() if k in distributions},
-                distributions={k: d for k, d in distributions.items() if k in row.params},
-                user_attrs=attrs,
-                intermediate_values={  # a non-finite report is NaN, as Optuna stores it
-                    e: math.nan if v is None else float(v) for e, v in enumerate(row.value_curve, 1)
-                },
-            )
-        )
-        written += 1
-    return written
-
-
-def best_summary(study: optuna.Study, spec: ExperimentSpec) -> dict[str, Any]:
-    """The best trial (or the Pareto front for several metrics) with its full configuration."""
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return {"best": None, "reason": "no trial completed yet"}
-    rows = {r.number: r for r in trial_rows(study)}
-
-    def describe(t: FrozenTrial) -> dict[str, Any]:
-        config = t.user_attrs.get("config") or spec.train_config(t.params).to_dict()
-        return rows[t.number].best_entry(spec.metrics, config)
-
-    if spec.multi_objective:
-        return {
-            "metrics": list(spec.metrics),
-            "modes": list(spec.modes),
-            "pareto_front": [describe(t) for t in study.best_trials],
-        }
-    return {"metric": spec.metrics[0], "mode": spec.modes[0], "best": describe(study.best_trial)}
