@@ -28,7 +28,7 @@ from gainsearch import load_dataset
 from gainsearch.core.signals import Indexed
 from gainsearch.integrations.lightning import GainCallback
 from gainsearch.integrations.ray import GainResults, GainScheduler
-from gainsearch.search.ray_cluster import connect
+from gainsearch.search.ray_cluster import connect, tune_output
 
 
 def train_digits(config: dict) -> None:
@@ -77,7 +77,8 @@ def main() -> None:
                 callbacks=[GainResults(scheduler)],
             ),
         )
-        grid = tuner.fit()
+        with tune_output(False):  # Tune's new output prints its box even at verbose=0
+            grid = tuner.fit()
     finally:
         if started:
             import ray

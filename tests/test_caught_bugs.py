@@ -126,3 +126,30 @@ def test_the_trainer_applies_the_configured_window(digits) -> None:  # type: ign
     raw = 1 + min(range(1, len(changes)), key=lambda i: (changes[i], i))
     assert result.selected_epoch == expected
     assert expected != raw  # the run tells the two apart: window 1 would fail here
+
+
+@pytest.mark.parametrize(
+    ("window", "expected"),
+    [
+        # raw: the lowest reading is 2.0 at epoch 4; epochs 5 and 6 do not improve -> stop at 6
+        (1, (4, 6, 2.0)),
+        # trailing means 5, 4, 3.5, 3, 2.25, 2.75, 3.25: lowest 2.25 at epoch 5 -> stop at 7
+        (2, (5, 7, 2.25)),
+    ],
+)
+def test_the_replayed_selection_keeps_the_epoch_worked_out_by_hand(
+    window: int, expected: tuple[int, int, float]
+) -> None:
+    """Bug: the selection-replay test compared select_epoch with itself (the benchmark's replay
+    and the trainer both call it), so a wrong rule passed. The kept epoch, the epochs trained
+    and the smoothed value are worked out by hand here (patience 2)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import memorisation_analysis
+
+    curve = [5.0, 3.0, 4.0, 2.0, 2.5, 3.0, 3.5, 1.0, 0.5]
+    history = [{"epoch": e, "gain_trend": v} for e, v in enumerate(curve, 1)]
+    cand = memorisation_analysis.Candidate("gain_trend", window, 2)
+    assert memorisation_analysis.replay(history, cand) == pytest.approx(expected)

@@ -333,6 +333,48 @@ def test_lightning_early_stopping_and_checkpoint_work_on_prediction_changes(
     assert f"epoch={best}" in Path(keep.best_model_path).name  # Lightning counts from 0
 
 
+def test_measuring_every_second_epoch_counts_changes_from_the_epoch_before(
+    digits: TensorData, tmp_path: Path
+) -> None:
+    """Issue 30: with ``every_n_epochs=2`` the prediction changes logged at epoch e are those
+    from epoch e - 1 to e (counted here from the training step's own logits), not from e - 2."""
+    from gainsearch.core.signals import Indexed
+
+    data = Indexed(TensorDataset(digits.x_train[:512], digits.y_train[:512]))
+    train = DataLoader(
+        data, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    callback = GainCallback(signals=["prediction_changes"], every_n_epochs=2)
+    logged: dict[int, float] = {}
+    predictions: list[dict[int, int]] = []
+
+    class Record(pl.Callback):
+        def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            predictions.append({})
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+            pairs = zip(
+                outputs["indices"].tolist(), outputs["logits"].argmax(1).tolist(), strict=True
+            )
+            predictions[-1].update(pairs)
+
+        def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            epoch = trainer.current_epoch + 1
+            if epoch % 2 == 0:
+                logged[epoch] = float(trainer.callback_metrics["prediction_changes"])
+
+    torch.manual_seed(0)
+    trainer(6, [callback, Record()], tmp_path).fit(IndexedTiny(0.1), train)
+
+    def changed(a: int, b: int) -> float:  # examples whose prediction differs, epochs a -> b
+        before, now = predictions[a - 1], predictions[b - 1]
+        return float(sum(before[i] != now[i] for i in now))
+
+    assert sorted(logged) == [2, 4, 6]
+    assert logged == {e: changed(e - 1, e) for e in logged}
+    assert any(changed(e - 2, e) != changed(e - 1, e) for e in (4, 6))  # the test can tell
+
+
 def test_prediction_changes_need_logits_and_indices(digits: TensorData, tmp_path: Path) -> None:
     callback = GainCallback(signals=["prediction_changes"])
     with pytest.raises(ValueError, match=r"needs training_step to return \{'loss': loss, 'logits'"):

@@ -83,6 +83,30 @@ def test_on_trial_result_returns_ray_decisions() -> None:
     )
 
 
+def test_the_scheduler_saves_and_restores_what_it_has_seen(tmp_path: Path) -> None:
+    """GainScheduler.save/restore (TrialScheduler's, as ASHA has them): a restored scheduler
+    judges the next result as the one that saw the peers; a fresh one cannot (too few peers)."""
+
+    def result(epoch: int, gain: float) -> dict[str, float]:
+        return {"epoch": epoch, "gain": gain, "trial_score": gain / 10}
+
+    seen = GainScheduler(grace_period=2, min_peers=2, metric="trial_score", mode="max")
+    for i, peer in enumerate(([10.0, 12.0, 13.0], [11.0, 13.0, 15.0], [9.0, 12.0, 14.0])):
+        for epoch, gain in enumerate(peer, 1):
+            seen.observe(f"peer{i}", result(epoch, gain))
+    seen.observe("slow", result(1, -10.0))
+    seen.save(str(tmp_path / "scheduler.json"))
+    restored = GainScheduler(grace_period=2, min_peers=2)
+    restored.restore(str(tmp_path / "scheduler.json"))
+    assert restored.curves == seen.curves and restored.values == seen.values
+    assert (restored.metric, restored.mode) == ("trial_score", "max")
+    assert restored.observe("slow", result(2, -9.0)) is seen.observe("slow", result(2, -9.0))
+    assert "slow" in restored.stop_reasons  # below its peers at epoch 2
+    fresh = GainScheduler(grace_period=2, min_peers=2, metric="trial_score", mode="max")
+    fresh.observe("slow", result(1, -10.0))
+    assert fresh.observe("slow", result(2, -9.0)) is False  # no peers: what restore gave back
+
+
 def test_a_restarted_trial_replaces_its_curve() -> None:
     scheduler = GainScheduler()
     feed(scheduler, "t", [1.0, 2.0, 3.0])

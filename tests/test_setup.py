@@ -59,9 +59,11 @@ def test_the_readme_shows_the_committed_main_job_output() -> None:
 
 
 def test_every_quoted_output_comes_from_the_script_that_writes_it() -> None:
-    """The README's main job is the command docs/outputs.py runs for docs/main-job.txt, and the
-    guide includes that file rather than a copy of it."""
+    """Every command output the docs show is a file docs/outputs.py writes, included (not
+    copied) right after the command that made it; the README's main job is that script's command
+    for docs/main-job.txt; and every file the script writes is shown somewhere."""
     import importlib.util
+    import re
 
     spec = importlib.util.spec_from_file_location("outputs", ROOT / "docs" / "outputs.py")
     assert spec is not None and spec.loader is not None
@@ -70,5 +72,24 @@ def test_every_quoted_output_comes_from_the_script_that_writes_it() -> None:
     command, _ = outputs.OUTPUTS["docs/main-job.txt"]
     first = (ROOT / "README.md").read_text().split("```bash\n", 1)[1].splitlines()[0]
     assert first.endswith(".venv/bin/" + " ".join(command)), first
-    for page in ("docs/getting-started.md", "docs/guide/searches.md"):
-        assert '--8<-- "docs/main-job.txt"' in (ROOT / page).read_text(), page
+    shown: set[str] = set()
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        text = page.read_text()
+        for match in re.finditer(r'```text\n--8<-- "([^"]+)"\n```', text):
+            target = match[1]
+            if target.startswith("benchmarks/"):
+                continue  # a benchmark's figures: the script named beside them prints them
+            assert target in outputs.OUTPUTS, (page, target)
+            assert (ROOT / target).is_file(), target
+            shown.add(target)
+            if target == "docs/main-job.txt":
+                continue  # the README quotes its command (above)
+            # the command shown last before the output is the one that wrote it
+            blocks = re.findall(r"```bash\n(.*?)```", text[: match.start()], flags=re.S)
+            assert blocks, (page, target)
+            quoted = " ".join(blocks[-1].replace("\\\n", " ").split())
+            assert quoted == " ".join(outputs.OUTPUTS[target][0]), (page, target, quoted)
+        # no hand-copied output: an output block is an include
+        for block in re.findall(r"```text\n(.*?)```", text, flags=re.S):
+            assert block.startswith("--8<--"), (page, block[:200])
+    assert shown == set(outputs.OUTPUTS), set(outputs.OUTPUTS) - shown

@@ -17,9 +17,11 @@ replaces that diagnosis with the scheduler's. The built-in trainable and the run
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from gainsearch.core.decision import DIVERGED, DecisionConfig
@@ -164,6 +166,36 @@ class GainScheduler(FIFOScheduler):
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> None:
         pass
+
+    def save(self, checkpoint_path: str) -> None:
+        """Write what the scheduler has seen (every trial's series, the stop reasons, its metric
+        and mode) to ``checkpoint_path``, as JSON (``TrialScheduler.save``, as ASHA has it).
+
+        Tune 2.60 itself never calls a scheduler's ``save`` or ``restore`` (its controller
+        pickles the scheduler with the run's configuration when the run starts), so the
+        built-in runner rebuilds the series of a resumed run from the results on disk instead.
+        """
+        state = {
+            "metric": self._metric,
+            "mode": self._mode,
+            "curves": self.curves,
+            "losses": self.losses,
+            "values": self.values,
+            "stop_reasons": self.stop_reasons,
+        }
+        Path(checkpoint_path).write_text(json.dumps(state))
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Read back what :meth:`save` wrote; the next result is judged as if the scheduler
+        had never stopped."""
+        state = json.loads(Path(checkpoint_path).read_text())
+        self._metric, self._mode = state["metric"], state["mode"]
+        for name in ("curves", "losses", "values"):
+            series = {
+                tid: {int(e): float(v) for e, v in s.items()} for tid, s in state[name].items()
+            }
+            setattr(self, name, series)
+        self.stop_reasons = dict(state["stop_reasons"])
 
     def debug_string(self) -> str:
         return f"GainScheduler: {len(self.stop_reasons)} trial(s) stopped early."
