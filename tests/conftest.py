@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 # Every Ray process the tests start binds 127.0.0.1: Ray reads this when it is first imported.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -73,3 +74,55 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"waited {timeout:g} s for {what}")
         time.sleep(poll)
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """One Ray cluster for the whole session (``ray start --head`` on 127.0.0.1, 2 CPUs, no
+    dashboard), for the searches that do not test starting a local Ray themselves: they pass
+    ``address=`` (``--address``) and only connect, which takes a second where starting and
+    stopping a local Ray took several. Stopped at the end of the session."""
+    import socket
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("ray.tune")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli = Path(sys.executable).with_name("ray")
+    # no token authentication on this loopback-only test cluster: a driver would otherwise need
+    # the token `ray start` keeps in ~/.ray/auth_token, which another Ray started since replaces
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen(
+        [
+            str(ray_cli),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: the head and what it started
+        env=env,
+    )
+    address = f"127.0.0.1:{port}"
+
+    def up() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_until(up, timeout=120, what=f"the session's Ray head at {address}", proc=head)
+        yield address
+    finally:  # the head's process group: `ray start` and every Ray process it started
+        os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=5)
+        with contextlib.suppress(ProcessLookupError):  # a test cluster: no state to keep
+            os.killpg(head.pid, signal.SIGKILL)

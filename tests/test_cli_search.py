@@ -214,12 +214,12 @@ sampler: {type: tpe, seed: 2}
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ray_backend_interrupted_then_resumed_by_the_same_command(
-    tmp_path: Path, signum: int
+    tmp_path: Path, signum: int, ray_address: str
 ) -> None:
-    pytest.importorskip("ray.tune")
     spec = write_spec(tmp_path, RAY_SPEC)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "gainsearch", "search", str(spec), "--backend", "ray"]
+    command += ["--address", ray_address]  # the session's Ray (a local one: the main job)
     command += ["--trials", "4", "--max-concurrent", "1", "--out", str(out), "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     results = out / "ray_results" / "ray_cli"
@@ -294,16 +294,18 @@ def test_ray_backend_interrupted_then_resumed_by_the_same_command(
     assert page.count('src="data:image/png;base64,') == 5  # with the label-noise figure
 
 
-def test_a_sigkilled_ray_driver_loses_no_finished_trial_from_the_study(tmp_path: Path) -> None:
+def test_a_sigkilled_ray_driver_loses_no_finished_trial_from_the_study(
+    tmp_path: Path, ray_address: str
+) -> None:
     """Issue 30: the Ray back end records each trial in the study as it ends. A driver killed
     with SIGKILL (no handler runs, nothing is written at the end) leaves the study with every
     trial that had finished; the same command resumes, and the study then holds each trial
     once, the ones recorded before the kill unchanged."""
-    pytest.importorskip("ray.tune")
     # 5 trials one at a time: once the first is recorded, 4 more (seconds) are left to kill in
     spec = write_spec(tmp_path, RAY_SPEC.replace("epochs: 6", "epochs: 4"))
     out = tmp_path / "out"
     command = [sys.executable, "-m", "gainsearch", "search", str(spec), "--backend", "ray"]
+    command += ["--address", ray_address]  # a driver on a cluster: the cluster outlives it
     command += ["--trials", "5", "--max-concurrent", "1", "--out", str(out), "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     storage = f"sqlite:///{out / 'study.db'}"
@@ -318,7 +320,7 @@ def test_a_sigkilled_ray_driver_loses_no_finished_trial_from_the_study(tmp_path:
             proc=proc,
             poll=0.1,
         )
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver, without warning
         proc.wait(timeout=60)
     finally:
         with contextlib.suppress(ProcessLookupError):

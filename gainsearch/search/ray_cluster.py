@@ -52,6 +52,9 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
         loopback_only()
         with quiet_expected_warnings(LOCAL_TOKEN):
             ray.init(
+                # "local": a new Ray of its own, even where `ray start` left a cluster on this
+                # machine (ray.init() without an address would join that one)
+                address="local",
                 num_cpus=num_cpus,
                 include_dashboard=False,
                 logging_level=logging.WARNING,
