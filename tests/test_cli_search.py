@@ -204,7 +204,7 @@ def test_signal_mid_study_then_the_same_command_resumes(tmp_path: Path, signum: 
 
 RAY_SPEC = """\
 name: ray_cli
-train: {dataset: digits, model: digits_lenet, epochs: 6, batch_size: 16}
+train: {dataset: digits, model: digits_lenet, epochs: 4, batch_size: 32}
 search:
   lr: {type: float, low: 1.0e-3, high: 0.05, log: true}
 pruner: {type: none}
@@ -228,7 +228,7 @@ def test_ray_backend_interrupted_then_resumed_by_the_same_command(
 
         def one_done_one_started() -> bool:
             logs = [p.read_text().count("\n") for p in results.glob("*/result.json")]
-            return len(logs) >= 2 and max(logs) >= 6 and min(logs) >= 2
+            return len(logs) >= 2 and max(logs) >= 4 and min(logs) >= 2
 
         wait_until(
             one_done_one_started,
@@ -278,12 +278,12 @@ def test_ray_backend_interrupted_then_resumed_by_the_same_command(
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) == 4
     assert all(
-        len(t.intermediate_values) == 6 and len(t.user_attrs["gain_curve"]) == 6 for t in complete
+        len(t.intermediate_values) == 4 and len(t.user_attrs["gain_curve"]) == 4 for t in complete
     )
     # the Ray back end leaves the same report as the Optuna one: curves, losses, spectra
     rows = json.loads((out / "trials.json").read_text())["rows"]
     for row in rows:
-        assert len(row["gain_curve"]) == len(row["train_loss"]) == row["epochs"] == 6
+        assert len(row["gain_curve"]) == len(row["train_loss"]) == row["epochs"] == 4
         # resumed from its checkpoint, not restarted: epoch 1 was trained once (the epochs as
         # reported; the curve itself keeps one reading per epoch either way)
         assert row["epoch_log"][0] == 1 and row["epoch_log"].count(1) == 1, row["epoch_log"]
@@ -302,7 +302,7 @@ def test_a_sigkilled_ray_driver_loses_no_finished_trial_from_the_study(
     trial that had finished; the same command resumes, and the study then holds each trial
     once, the ones recorded before the kill unchanged."""
     # 5 trials one at a time: once the first is recorded, 4 more (seconds) are left to kill in
-    spec = write_spec(tmp_path, RAY_SPEC.replace("epochs: 6", "epochs: 4"))
+    spec = write_spec(tmp_path, RAY_SPEC.replace("batch_size: 32", "batch_size: 16"))
     out = tmp_path / "out"
     command = [sys.executable, "-m", "gainsearch", "search", str(spec), "--backend", "ray"]
     command += ["--address", ray_address]  # a driver on a cluster: the cluster outlives it
