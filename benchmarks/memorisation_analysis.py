@@ -35,7 +35,8 @@ import memorisation
 import numpy as np
 from scipy.stats import rankdata, spearmanr
 
-from gainsearch.core.selection import select_epoch
+from gainsearch.core.selection import Selection
+from gainsearch.core.signals import moving_average
 
 SIGNALS = ("prediction_changes", "gradient_disparity", "gain_variability", "gain_trend")
 WINDOWS = (1, 3)
@@ -112,17 +113,11 @@ def _replay(history: Sequence[dict[str, Any]], cand: Candidate) -> tuple[int, in
     if cand.signal == "last":
         last = int(history[-1]["epoch"])
         return last, last, math.nan
-    values: dict[str, dict[int, float]] = {s: {} for s in cand.signals}
+    verdicts = [prefix_selections(history, s, cand.window, cand.patience) for s in cand.signals]
     kept, value, epoch = 0, math.nan, 0
-    for row in history:
+    for i, row in enumerate(history):
         epoch = int(row["epoch"])
-        sels = []
-        for s in cand.signals:
-            v = row.get(s)
-            values[s][epoch] = math.nan if v is None else float(v)
-            sels.append(
-                select_epoch(values[s], select_by=s, window=cand.window, patience=cand.patience)
-            )
+        sels = [v[i] for v in verdicts]
         if cand.combine == "first":
             kept, stop = min(x.epoch for x in sels), any(x.stop for x in sels)
         elif cand.combine == "both":
@@ -132,6 +127,32 @@ def _replay(history: Sequence[dict[str, Any]], cand: Candidate) -> tuple[int, in
         if stop:
             break
     return kept, epoch, value if not cand.combine else math.nan
+
+
+def prefix_selections(
+    history: Sequence[dict[str, Any]], signal: str, window: int, patience: int | None
+) -> list[Selection]:
+    """:func:`~gainsearch.core.selection.select_epoch`'s verdict after each epoch (on each
+    prefix of the history, as the trainer asks it), in one pass: the trailing mean is causal, so
+    a prefix's smoothed values are the first ones of the whole history's, and the prefix's
+    selected epoch is the first lowest of them (``nan`` skipped; the latest epoch while none is
+    finite). ``tests/test_caught_bugs.py`` checks it against ``select_epoch`` itself and
+    against epochs worked out by hand."""
+    numbers = [int(r["epoch"]) for r in history]
+    raw = [math.nan if r.get(signal) is None else float(r[signal]) for r in history]
+    smooth = moving_average(raw, window)
+    out: list[Selection] = []
+    best, finite = -1, False
+    for k, value in enumerate(smooth):
+        if not math.isnan(value) and (best < 0 or value < smooth[best]):
+            best = k
+        finite = finite or math.isfinite(value)
+        if not finite:
+            out.append(Selection(numbers[k], math.nan, False))
+            continue
+        stop = patience is not None and numbers[k] - numbers[best] >= patience
+        out.append(Selection(numbers[best], float(smooth[best]), stop))
+    return out
 
 
 def _score(history: Sequence[dict[str, Any]], epoch: int) -> float:

@@ -3,13 +3,17 @@ be exactly what the trainer does."""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 from gainsearch.batteries.data import TensorData
 from gainsearch.batteries.train import train_trial
+from gainsearch.core.selection import select_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -103,3 +107,34 @@ def test_the_calibration_rule_refuses_what_hurts_or_cannot_show_the_controls() -
     assert a.pick(results, deltas, ["m"], ["s"], pool) == good
     assert a.pick(results, deltas, ["m"], [], pool) == unknown  # no control: the lowest regret
     assert a.pick(results, {(a.TODAY, "s"): 0.0}, ["m"], ["s"], pool) == a.TODAY
+
+
+def test_the_published_tables_regenerate_from_the_cache(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 28: ``python benchmarks/memorisation.py`` (the cache only, no training) prints
+    ``benchmarks/results/memorisation.txt`` byte for byte."""
+    memorisation.main([])
+    published = (Path(memorisation.__file__).parent / "results" / "memorisation.txt").read_text()
+    assert capsys.readouterr().out == published
+
+
+def test_the_one_pass_replay_is_select_epoch_on_every_prefix() -> None:
+    """The analysis asks the selection rule once per history instead of once per epoch; its
+    verdicts are select_epoch's on every prefix (nan, inf and plateaus included)."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 25))
+        values = rng.normal(size=n).round(1)  # ties
+        values[rng.random(n) < 0.2] = math.nan
+        values[rng.random(n) < 0.05] = math.inf
+        history = [{"epoch": e, "gain_trend": float(v)} for e, v in enumerate(values, 1)]
+        window, patience = int(rng.integers(1, 4)), [None, 1, 3][int(rng.integers(0, 3))]
+        got = memorisation_analysis.prefix_selections(history, "gain_trend", window, patience)
+        for k, sel in enumerate(got, 1):
+            want = select_epoch(
+                {e: v for e, v in enumerate(values[:k], 1)},
+                select_by="gain_trend",
+                window=window,
+                patience=patience,
+            )
+            assert (sel.epoch, sel.stop) == (want.epoch, want.stop)
+            assert sel.value == want.value or (math.isnan(sel.value) and math.isnan(want.value))

@@ -260,7 +260,7 @@ def report_gain(
             last epoch.
         metric: What the study optimises: ``"trial_score"`` (the default:
             :func:`gainsearch.trial_score`, which needs ``train_loss`` per epoch),
-            ``"gain_score"`` (the gain score; ``"score"`` is its old name) or other
+            ``"gain_score"`` (the gain score) or other
             :data:`~gainsearch.core.objective.METRICS` (a sequence for multi-objective studies,
             in the study's direction order).
         diverged: The training loss went non-finite (the trial cannot continue).
