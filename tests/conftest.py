@@ -77,11 +77,13 @@ def wait_until(
 
 
 @pytest.fixture(scope="session")
-def ray_address() -> Iterator[str]:
+def ray_head() -> Iterator[str]:
     """One Ray cluster for the whole session (``ray start --head`` on 127.0.0.1, 2 CPUs, no
-    dashboard), for the searches that do not test starting a local Ray themselves: they pass
-    ``address=`` (``--address``) and only connect, which takes a second where starting and
-    stopping a local Ray took several. Stopped at the end of the session."""
+    dashboard, its own process group), stopped at the end. The Ray searches run as commands
+    (``--address``) join it instead of starting and stopping a Ray each, and the local-Ray test
+    checks that gainsearch's own local Ray does not join it. Searches in this process keep
+    their local Ray: a driver that has run a local Ray in a process (which turns Ray's token
+    authentication on for the whole process) cannot run actors on this cluster."""
     import socket
     import sys
     from pathlib import Path
@@ -91,8 +93,7 @@ def ray_address() -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ray_cli = Path(sys.executable).with_name("ray")
-    # no token authentication on this loopback-only test cluster: a driver would otherwise need
-    # the token `ray start` keeps in ~/.ray/auth_token, which another Ray started since replaces
+    # no token authentication on this loopback-only test cluster (see ray_address)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     head = subprocess.Popen(
         [
@@ -126,3 +127,23 @@ def ray_address() -> Iterator[str]:
             head.wait(timeout=5)
         with contextlib.suppress(ProcessLookupError):  # a test cluster: no state to keep
             os.killpg(head.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def ray_address(ray_head: str) -> Iterator[str]:
+    """The session's Ray for one test, whose commands connect without token authentication:
+    a local Ray started earlier in this process set ``RAY_AUTH_MODE=token``, which the commands
+    would inherit. Set for the test (and Ray's cached copy refreshed), then put back."""
+    from ray._raylet import Config  # Ray caches the mode; it refreshes it the same way
+
+    before = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    Config.initialize("")
+    try:
+        yield ray_head
+    finally:
+        if before is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = before
+        Config.initialize("")

@@ -61,9 +61,7 @@ def test_bad_npz_files_get_one_line_errors(tmp_path: Path, overrides: dict, mess
 
 
 @pytest.mark.parametrize("backend", ["optuna", "ray"])
-def test_a_search_on_an_npz_runs_on_both_back_ends(
-    tmp_path: Path, backend: str, request: pytest.FixtureRequest
-) -> None:
+def test_a_search_on_an_npz_runs_on_both_back_ends(tmp_path: Path, backend: str) -> None:
     if backend == "ray":
         pytest.importorskip("ray.tune")
     path = _write(tmp_path / "own.npz")
@@ -79,8 +77,7 @@ def test_a_search_on_an_npz_runs_on_both_back_ends(
         from gainsearch.search.run_ray import run_tuner
         from gainsearch.search.spaces import load_spec
 
-        address = request.getfixturevalue("ray_address")  # the session's Ray
-        run_tuner(load_spec(spec), out_dir=out, n_trials=2, max_concurrent=1, address=address)
+        run_tuner(load_spec(spec), out_dir=out, n_trials=2, max_concurrent=1)
     else:
         args = ["search", str(spec), "--trials", "2", "--out", str(out), "--quiet", "--no-report"]
         assert main(args) == 0
@@ -206,7 +203,7 @@ def test_bad_image_folders_get_one_line_errors(tmp_path: Path) -> None:
         load_dataset("image_folder", mixed)
 
 
-def test_an_image_folder_search_runs_on_ray(tmp_path: Path, ray_address: str) -> None:
+def test_an_image_folder_search_runs_on_ray(tmp_path: Path) -> None:
     pytest.importorskip("ray.tune")
     from gainsearch.search.run_ray import run_tuner
     from gainsearch.search.spaces import parse_spec
@@ -226,8 +223,6 @@ def test_an_image_folder_search_runs_on_ray(tmp_path: Path, ray_address: str) ->
             "pruner": {"type": "none"},
         }
     )
-    outcome = run_tuner(
-        spec, out_dir=tmp_path / "ray", n_trials=1, max_concurrent=1, address=ray_address
-    )
+    outcome = run_tuner(spec, out_dir=tmp_path / "ray", n_trials=1, max_concurrent=1)
     assert [r.state for r in outcome.rows] == ["complete"]
     assert outcome.best["best"]["config"]["image_size"] == 8 and outcome.best["best"]["model_file"]

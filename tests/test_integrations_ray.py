@@ -270,7 +270,7 @@ def test_unreachable_address_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_diverged_trials_without_a_gain_scheduler(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, ray_address: str
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A diverged trial reports a NaN score; OptunaSearch must take it (regression), and the
     user sees no warning for it (Optuna's "The value nan is not acceptable")."""
@@ -284,9 +284,7 @@ def test_diverged_trials_without_a_gain_scheduler(
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        outcome = run_tuner(
-            spec, out_dir=tmp_path, n_trials=2, max_concurrent=1, address=ray_address
-        )
+        outcome = run_tuner(spec, out_dir=tmp_path, n_trials=2, max_concurrent=1)
     said = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
     assert not [m for m in said if "is not acceptable" in m], said
     assert [r.state for r in outcome.rows] == ["pruned", "pruned"]
@@ -295,17 +293,13 @@ def test_diverged_trials_without_a_gain_scheduler(
 
 
 @pytest.mark.parametrize("pruner", ["asha", "median"])
-def test_ray_schedulers_on_the_gain_score_mark_stopped_trials(
-    tmp_path: Path, pruner: str, ray_address: str
-) -> None:
+def test_ray_schedulers_on_the_gain_score_mark_stopped_trials(tmp_path: Path, pruner: str) -> None:
     settings = {"type": pruner, "grace_period": 1, "min_peers": 1}
     spec = parse_spec({**SPEC.to_dict(), "name": f"ray_{pruner}", "pruner": settings})
     spec = spec.with_train(batch_size=128, epochs=4)
     wide = {"lr": {"type": "float", "low": 1e-5, "high": 0.05, "log": True}}  # some far too low
     spec = parse_spec({**spec.to_dict(), "search": wide})
-    outcome = run_tuner(
-        spec, out_dir=tmp_path, n_trials=5, max_concurrent=1, address=ray_address
-    )  # deterministic
+    outcome = run_tuner(spec, out_dir=tmp_path, n_trials=5, max_concurrent=1)  # deterministic
     states = [r.state for r in outcome.rows]
     assert len(states) == 5 and "interrupted" not in states and "failed" not in states
     assert "pruned" in states and "complete" in states, states
@@ -317,9 +311,9 @@ def test_ray_schedulers_on_the_gain_score_mark_stopped_trials(
         assert r.diagnosis_reason  # GainResults diagnosed it against its peers
 
 
-def test_resume_with_another_spec_is_refused(tmp_path: Path, ray_address: str) -> None:
+def test_resume_with_another_spec_is_refused(tmp_path: Path) -> None:
     spec = SPEC.with_train(batch_size=256, epochs=2)
-    run_tuner(spec, out_dir=tmp_path, n_trials=1, max_concurrent=1, address=ray_address)
+    run_tuner(spec, out_dir=tmp_path, n_trials=1, max_concurrent=1)
     before = (tmp_path / "trials.csv").read_bytes()
     with pytest.raises(ValueError, match=r"different spec \(sections \['train'\] differ\)"):
         run_tuner(
@@ -327,13 +321,12 @@ def test_resume_with_another_spec_is_refused(tmp_path: Path, ray_address: str) -
             out_dir=tmp_path,
             n_trials=1,
             max_concurrent=1,
-            address=ray_address,
         )
     assert (tmp_path / "trials.csv").read_bytes() == before
 
 
 def test_timeout_lets_running_trials_finish_and_the_same_call_continues(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ray_address: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``timeout`` means what it means on the Optuna back end. Tune's ``time_budget_s`` (used
     before) stopped the running trials, left them "interrupted", and carried its spent budget
@@ -353,18 +346,14 @@ def test_timeout_lets_running_trials_finish_and_the_same_call_continues(
     # time stands still until two trials have started, then the 60 s are up
     monkeypatch.setattr(ray_backend, "_now", lambda: 0.0 if len(started) < 2 else 1e12)
     spec = SPEC.with_train(batch_size=256, epochs=2)
-    first = run_tuner(
-        spec, out_dir=tmp_path, n_trials=5, max_concurrent=2, timeout=60, address=ray_address
-    )
+    first = run_tuner(spec, out_dir=tmp_path, n_trials=5, max_concurrent=2, timeout=60)
     assert len(first.rows) == 2 and not first.interrupted
     assert {r.state for r in first.rows} <= {"complete", "pruned"}, first.rows
     assert all(r.epochs == 2 for r in first.rows if r.state == "complete")
 
     # later: past the first deadline, not the new one (the restored search gets the new one)
     monkeypatch.setattr(ray_backend, "_now", lambda: 1000.0)
-    again = run_tuner(
-        spec, out_dir=tmp_path, n_trials=5, max_concurrent=2, timeout=60, address=ray_address
-    )
+    again = run_tuner(spec, out_dir=tmp_path, n_trials=5, max_concurrent=2, timeout=60)
     assert len(again.rows) == 5 and not again.interrupted
     assert [(r.trial_id, r.value) for r in again.rows[:2]] == [
         (r.trial_id, r.value) for r in first.rows
@@ -571,7 +560,7 @@ def test_the_ray_study_is_the_record_the_optuna_back_end_keeps(tmp_path: Path) -
 
 
 def test_tpe_on_ray_learns_the_kept_epochs_value(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ray_address: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With select_by the kept epoch is not always the last: the value Tune's searcher
     tells TPE is the row's value (the kept epoch's trial score) and the Optuna back end's (issue
@@ -604,9 +593,7 @@ def test_tpe_on_ray_learns_the_kept_epochs_value(
             "sampler": {"type": "random", "seed": 3},
         }
     )
-    ray_run = run_tuner(
-        spec, out_dir=tmp_path / "ray", n_trials=3, max_concurrent=1, address=ray_address
-    )
+    ray_run = run_tuner(spec, out_dir=tmp_path / "ray", n_trials=3, max_concurrent=1)
     optuna_run = run_study(spec, out_dir=tmp_path / "optuna", n_trials=3, heartbeat=None)
     rows = {r.trial_id: r for r in ray_run.rows}
     assert sorted(told) == sorted(rows)

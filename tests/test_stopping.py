@@ -203,7 +203,7 @@ def test_cli_train_stops_by_patience_and_names_the_kept_epoch(
 
 
 def test_a_spec_with_select_by_reports_the_kept_checkpoints_score_on_both_back_ends(
-    tmp_path: Path, ray_address: str
+    tmp_path: Path,
 ) -> None:
     """Optuna and Ray: trials stopped by patience complete, their value is the trial score at
     the kept epoch (not the last one), the tables say why they stopped, and Tune's
@@ -241,9 +241,7 @@ def test_a_spec_with_select_by_reports_the_kept_checkpoints_score_on_both_back_e
 
     optuna_run = run_study(spec, out_dir=tmp_path / "optuna", n_trials=2, heartbeat=None)
     check(optuna_run)
-    ray_run = run_tuner(
-        spec, out_dir=tmp_path / "ray", n_trials=2, max_concurrent=1, address=ray_address
-    )
+    ray_run = run_tuner(spec, out_dir=tmp_path / "ray", n_trials=2, max_concurrent=1)
     assert not ray.is_initialized()
     check(ray_run)
     for folder in ("optuna", "ray"):
