@@ -2,9 +2,10 @@
 function trainable (:func:`gain_trainable`, reporting what
 :func:`gainsearch.integrations.ray.report_gain` does and the metric at the kept epoch, one
 checkpoint per epoch) and
-:func:`run_tuner`: Optuna's TPE through ``OptunaSearch`` (the trials recorded in the study of
-:mod:`gainsearch.search.study` as they end), the spec's pruner as a scheduler, a local Ray on
-loopback or ``--address`` to join a cluster, resume. Needs ``pip install gainsearch[ray]``.
+:func:`run_tuner`: Optuna's TPE through ``OptunaSearch`` (each trial recorded in the Optuna
+study as it ends, by :mod:`gainsearch.search.record`'s writer), the spec's pruner as a
+scheduler, a local Ray on loopback or ``--address`` to join a cluster, resume. Needs
+``pip install gainsearch[ray]``.
 """
 
 from __future__ import annotations
@@ -649,7 +650,7 @@ class _Run:
             return tuner
         # TPE's working copy of the study lives in the searcher (in memory, saved with Tune's
         # experiment state and restored with it); the study in --storage is written from the
-        # typed rows as trials end (write_trials), with their real states
+        # typed rows as trials end (_StudyWriter -> record.write_trials), with their real states
         searcher = OptunaSearch(
             sampler=make_sampler(self.spec), metric=searcher_key(self.spec), mode=mode
         )
