@@ -25,6 +25,20 @@ from torch import nn
 from gainsearch.batteries.data import TensorData, load_dataset
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Before the test workers start (pytest-xdist runs this first in the controller): the Ray
+    token file a local Ray creates when missing, created once here, so that two workers starting
+    their first local Ray at the same moment cannot write two different tokens."""
+    if hasattr(config, "workerinput"):
+        return  # a worker: the controller has done it
+    try:
+        from ray._private.authentication import authentication_token_setup as tokens
+    except ImportError:  # no Ray extra: nothing starts a Ray
+        return
+    if not tokens._get_default_token_path().exists():
+        tokens.generate_and_save_token()
+
+
 class SmallNet(nn.Module):
     """A tiny CNN with BatchNorm and Dropout, to check mode and RNG handling."""
 
