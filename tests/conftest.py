@@ -11,6 +11,10 @@ from collections.abc import Callable, Iterator
 
 # Every Ray process the tests start binds 127.0.0.1: Ray reads this when it is first imported.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# One torch thread per process, here and in every process the tests start (commands, Ray
+# workers): two test workers share two cores, and torch's threads fighting over them made single
+# tests many times slower. Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # A shell's background job (`pytest ... &`) starts with SIGINT ignored, and gainsearch keeps an
 # ignored signal ignored (by design, tested): the Ctrl-C tests need the default handler back,
