@@ -151,12 +151,9 @@ def ray_head() -> Iterator[str]:
 def ray_address(ray_head: str) -> Iterator[str]:
     """The session's Ray for one test, whose commands connect without token authentication:
     a local Ray started earlier in this process set ``RAY_AUTH_MODE=token``, which the commands
-    would inherit. Set for the test (and Ray's cached copy refreshed), then put back."""
-    from ray._raylet import Config  # Ray caches the mode; it refreshes it the same way
-
+    would inherit. Set for the test, then put back."""
     before = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    Config.initialize("")
     try:
         yield ray_head
     finally:
@@ -164,4 +161,3 @@ def ray_address(ray_head: str) -> Iterator[str]:
             os.environ.pop("RAY_AUTH_MODE", None)
         else:
             os.environ["RAY_AUTH_MODE"] = before
-        Config.initialize("")

@@ -38,7 +38,7 @@ from gainsearch.integrations.optuna import (
     LOSS_ATTR,
     METRIC_ATTR,
 )
-from gainsearch.search.results import TrialRow, finite_json
+from gainsearch.search.results import TrialRow, finite_float, finite_json
 from gainsearch.search.spaces import ExperimentSpec
 
 if TYPE_CHECKING:
@@ -91,9 +91,9 @@ def epoch_fields(ctx: EpochContext) -> dict[str, Any]:
     record, config = ctx.record, ctx.config
     out: dict[str, Any] = {
         "epoch": ctx.epoch,
-        TRAIN_LOSS: _finite(record["train_loss"]),
-        "gain_max": _finite(record["gain_max"]),
-        **{name: _finite(record[name]) for name in config.signals},
+        TRAIN_LOSS: finite_float(record["train_loss"]),
+        "gain_max": finite_float(record["gain_max"]),
+        **{name: finite_float(record[name]) for name in config.signals},
         "selected_epoch": record["selected_epoch"],
         "label_noise": finite_json(estimate_label_noise(ctx.history).to_dict()),
     }
@@ -102,8 +102,8 @@ def epoch_fields(ctx: EpochContext) -> dict[str, Any]:
     if ctx.epoch == config.epochs and not ctx.diverged:
         out["spectrum"] = ctx.monitor.spectrum(ctx.model)
     if config.eval_test:
-        out[TEST_ACC] = _finite(record["test_acc"])
-        out["test_loss"] = _finite(record["test_loss"])
+        out[TEST_ACC] = finite_float(record["test_acc"])
+        out["test_loss"] = finite_float(record["test_loss"])
     return out
 
 
@@ -276,7 +276,7 @@ def reported_by_tune(
         epoch_log.append(epoch)
         for name, key in numeric.items():
             if key in result:
-                series[name][epoch] = _finite(result[key])
+                series[name][epoch] = finite_float(result[key])
         if result.get("node_id") and result["node_id"] == result["node_id"]:
             nodes.add(str(result["node_id"]))
         latest = dict(result)
@@ -411,13 +411,3 @@ def _attributes(row: TrialRow, metric: str, state: TrialState) -> dict[str, Any]
     elif row.test_acc is not None:
         attrs[TEST_ACC] = [row.test_acc]
     return attrs
-
-
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
